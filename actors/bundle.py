@@ -1,0 +1,87 @@
+"""Bundles: the on-disk directory of one task, ``<state>/<namespace>/<id>/``.
+
+A bundle holds ``config.json`` (the OCI spec), ``rootfs/`` (the mount point of
+the container's root), and what the shim writes there: ``shim.pid``,
+``address``, ``init.pid``, ``init.exit``, ``log.json``, ``shim.log``.  A bundle
+on disk means a task exists; restore trusts nothing else.
+
+Ids and namespaces are validated before any path is built.  Deletion renames
+the bundle to a hidden name first (so a half-deleted bundle is never mistaken
+for a task) and never recurses into a rootfs that is still mounted: that would
+delete the files of the image it came from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from actors.errdefs import AlreadyExists, FailedPrecondition, NotFound
+from actors.identifiers import validate, validate_namespace
+from actors.mount import is_mountpoint, unmount_all
+
+__all__ = ["bundle_path", "create_bundle", "delete_bundle", "write_atomic", "read_spec"]
+
+
+def bundle_path(state_dir: str | os.PathLike[str], namespace: str, cid: str) -> Path:
+    return Path(state_dir) / validate_namespace(namespace) / validate(cid, "container id")
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
+    """Write a file so that readers see the old content or the new one, never a part."""
+    path = os.fspath(path)
+    tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+
+
+def create_bundle(state_dir: str | os.PathLike[str], namespace: str, cid: str, spec: dict[str, Any]) -> Path:
+    """Make ``<state>/<ns>/<id>`` with config.json and an empty rootfs mount point."""
+    path = bundle_path(state_dir, namespace, cid)
+    path.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o711)
+    except FileExistsError:
+        raise AlreadyExists(f"bundle for {namespace}/{cid} already exists") from None
+    try:
+        (path / "rootfs").mkdir(mode=0o711)
+        write_atomic(path / "config.json", json.dumps(spec).encode())
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    return path
+
+
+def read_spec(bundle: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        with open(Path(bundle) / "config.json", "rb") as f:
+            spec = json.load(f)
+    except FileNotFoundError:
+        raise NotFound(f"bundle {bundle} has no config.json") from None
+    if not isinstance(spec, dict):
+        raise FailedPrecondition(f"config.json of {bundle} is not an object")
+    return spec
+
+
+def delete_bundle(bundle: str | os.PathLike[str]) -> None:
+    """Remove a bundle; its rootfs is unmounted first and never recursed into while mounted."""
+    path = Path(bundle)
+    if not path.exists():
+        return
+    rootfs = path / "rootfs"
+    unmount_all(str(rootfs))
+    if is_mountpoint(str(rootfs)):
+        raise FailedPrecondition(f"rootfs {rootfs} is still mounted; not deleting the bundle")
+    hidden = path.with_name(f".{path.name}")
+    if hidden.exists():
+        shutil.rmtree(hidden)
+    os.rename(path, hidden)
+    shutil.rmtree(hidden)

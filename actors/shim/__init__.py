@@ -1,0 +1,1 @@
+"""The shim: one process per container, owning it for its whole life (see ``__main__``)."""

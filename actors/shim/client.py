@@ -1,0 +1,222 @@
+"""Talking to a shim: start one, connect to one, call it, receive its events.
+
+Used by the TaskActor, the demo and the tests.  ``start_shim`` launches
+``contactor-shim`` and returns once it listens (or raises the category and
+message the shim reported).  ``ShimClient`` is a thread-safe synchronous
+client: calls may be made from several threads at once, replies are matched
+by request id, and pushed events go to ``events`` (a queue) after
+``subscribe``.  Errors come back as the errdefs exception of their category.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import queue
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from actors.errdefs import ContactorError, Unavailable, from_category
+from actors.shim import protocol
+
+__all__ = ["ShimClient", "ShimHandle", "start_shim", "DEFAULT_SHIM", "CALL_TIMEOUT"]
+
+DEFAULT_SHIM: Final = (sys.executable, "-m", "actors.shim")
+CALL_TIMEOUT: Final = 90.0
+
+
+@dataclass(frozen=True, slots=True)
+class ShimHandle:
+    pid: int
+    address: str
+
+
+def start_shim(
+    namespace: str,
+    cid: str,
+    bundle: str,
+    runtime_root: str,
+    runtime: str = "runc",
+    shim: Sequence[str] = DEFAULT_SHIM,
+    debug: bool = False,
+    log: str = "",
+    timeout: float = 10.0,
+) -> ShimHandle:
+    """Start a shim for one bundle and wait until it listens."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    argv = [
+        *shim, "--namespace", namespace, "--id", cid, "--bundle", bundle, "--runtime", runtime,
+        "--runtime-root", runtime_root, "--ready-fd", str(w),
+    ]  # fmt: skip
+    if debug:
+        argv.append("--debug")
+    if log:
+        argv += ["--log", log]
+    try:
+        try:
+            proc = subprocess.Popen(
+                argv, pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
+            )  # fmt: skip
+        except FileNotFoundError:
+            raise Unavailable(f"shim binary {argv[0]!r} not found") from None
+        os.close(w)
+        w = -1
+        line = _read_line(r, timeout)
+        # The started process only forks the real shim and exits; reap it.
+        try:
+            proc.wait(timeout)
+            stderr = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+        finally:
+            if proc.stderr:
+                proc.stderr.close()
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    if line.startswith("ok "):
+        return ShimHandle(int(line.split()[1]), os.path.join(bundle, "shim.sock"))
+    if line.startswith("error "):
+        _, category, message = (line.split(" ", 2) + [""])[:3]
+        raise from_category(category, f"shim: {message}")
+    raise Unavailable(f"shim did not start: {stderr.splitlines()[-1] if stderr else 'no report'}")
+
+
+def _read_line(fd: int, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    data = b""
+    while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise Unavailable(f"shim did not report readiness within {timeout}s")
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace").strip()
+
+
+class _Pending:
+    __slots__ = ("event", "reply")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.reply: dict[str, Any] | None = None
+
+
+class ShimClient:
+    def __init__(self, address: str, timeout: float = 5.0) -> None:
+        self.address = address
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self._sock.settimeout(timeout)
+        try:
+            with protocol.socket_name(address) as name:
+                self._sock.connect(name)
+        except OSError as exc:
+            self._sock.close()
+            raise Unavailable(f"cannot connect to shim at {address}: {exc.strerror or exc}") from None
+        self._sock.settimeout(None)
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.closed = threading.Event()
+        self._reader = threading.Thread(target=self._read_loop, daemon=True)
+        self._reader.start()
+
+    def __enter__(self) -> ShimClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._reader.join(2.0)
+        self._sock.close()
+
+    def _read_loop(self) -> None:
+        try:
+            while (frame := protocol.recv_frame(self._sock)) is not None:
+                if "event" in frame:
+                    self.events.put(frame)
+                    continue
+                with self._lock:
+                    pending = self._pending.pop(frame.get("id", -1), None)
+                if pending is not None:
+                    pending.reply = frame
+                    pending.event.set()
+        except (OSError, protocol.ProtocolError):
+            pass
+        finally:
+            self.closed.set()
+            with self._lock:
+                waiting, self._pending = list(self._pending.values()), {}
+            for pending in waiting:
+                pending.event.set()
+
+    def call(self, method: str, /, *, call_timeout: float | None = None, **params: Any) -> dict[str, Any]:
+        """Call ``method``; returns its result or raises the error's errdefs class.
+
+        ``call_timeout`` bounds the wait for the reply (default: CALL_TIMEOUT plus any
+        ``timeout`` parameter of the call itself, as ``wait`` takes).
+        """
+        timeout = call_timeout
+        if timeout is None:
+            extra = params.get("timeout")
+            timeout = CALL_TIMEOUT + (extra if isinstance(extra, int | float) else 0)
+        req_id = next(self._ids)
+        pending = _Pending()
+        with self._lock:
+            if self.closed.is_set():
+                raise Unavailable("shim connection is closed")
+            self._pending[req_id] = pending
+        try:
+            with self._send_lock:
+                protocol.send_frame(self._sock, {"id": req_id, "method": method, "params": params})
+        except OSError as exc:
+            with self._lock:
+                self._pending.pop(req_id, None)
+            raise Unavailable(f"shim connection lost: {exc}") from None
+        if not pending.event.wait(timeout):
+            with self._lock:
+                self._pending.pop(req_id, None)
+            raise Unavailable(f"shim did not answer {method} within {timeout}s")
+        reply = pending.reply
+        if reply is None:
+            raise Unavailable(f"shim connection closed during {method}")
+        if "error" in reply:
+            err = reply["error"]
+            raise from_category(str(err.get("category")), str(err.get("message")))
+        result = reply.get("result")
+        return result if isinstance(result, dict) else {}
+
+    def subscribe(self, since: int | None = None) -> int:
+        """Start receiving events (after replaying those after ``since``); returns the current seq."""
+        result = self.call("subscribe", since=since) if since is not None else self.call("subscribe")
+        return int(result["seq"])
+
+    def next_event(self, timeout: float, kind: str | None = None) -> dict[str, Any]:
+        """The next event (of ``kind``, skipping others), or Unavailable after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                event = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise Unavailable(f"no {kind or ''} event within {timeout}s") from None
+            if kind is None or event["event"] == kind:
+                return event
+
+
+def is_error(exc: BaseException, category: str) -> bool:
+    return isinstance(exc, ContactorError) and exc.category == category
