@@ -76,9 +76,9 @@ def parse_mounts(raw: object) -> list[Mount]:
             raise InvalidArgument("a rootfs mount needs a type and a source")
         if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
             raise InvalidArgument("rootfs mount options must be a list of strings")
-        if mtype == "bind" or "bind" in options or "rbind" in options:
-            if not os.path.isabs(source) or not os.path.isdir(source):
-                raise InvalidArgument(f"rootfs source {source!r} is not an existing absolute directory")
+        is_bind = mtype == "bind" or "bind" in options or "rbind" in options
+        if is_bind and not (os.path.isabs(source) and os.path.isdir(source)):
+            raise InvalidArgument(f"rootfs source {source!r} is not an existing absolute directory")
         mounts.append(Mount(mtype, source, tuple(options)))
     return mounts
 

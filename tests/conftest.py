@@ -54,7 +54,7 @@ def pid_alive(pid: int) -> bool:
 def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A busybox rootfs built by scripts/mkrootfs (reused from CONTACTOR_TEST_ROOTFS when set)."""
     given = os.environ.get("CONTACTOR_TEST_ROOTFS")
-    if given and (Path(given) / "bin" / "sh").exists():
+    if given and (Path(given) / "etc" / "hostname").exists():
         return Path(given)
     path = tmp_path_factory.mktemp("rootfs")
     subprocess.run([str(REPO / "scripts" / "mkrootfs"), str(path)], check=True, capture_output=True)
@@ -135,9 +135,7 @@ class Shims:
         self.tasks: list[Task] = []
         self.counter = 0
 
-    def bundle(
-        self, args: Sequence[str], cid: str | None = None, **spec_kw: Any
-    ) -> tuple[str, Path]:
+    def bundle(self, args: Sequence[str], cid: str | None = None, **spec_kw: Any) -> tuple[str, Path]:
         self.counter += 1
         cid = cid or f"c{self.counter}"
         spec_kw.setdefault("cgroups_path", f"/{CGROUP_PARENT}/{self.namespace}/{cid}")
@@ -147,7 +145,16 @@ class Shims:
     def start(self, cid: str, bundle: Path, runtime: str = "runc") -> Task:
         runtime_root = str(self.state / "runc" / self.namespace)
         handle = start_shim(self.namespace, cid, str(bundle), runtime_root, runtime=runtime, debug=True)
-        task = Task(self.namespace, cid, bundle, runtime, runtime_root, handle, ShimClient(handle.address), self.rootfs)
+        task = Task(
+            self.namespace,
+            cid,
+            bundle,
+            runtime,
+            runtime_root,
+            handle,
+            ShimClient(handle.address),
+            self.rootfs,
+        )
         self.tasks.append(task)
         return task
 

@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import Shims, pid_alive, wait_for, wait_pid_gone
 
 from actors.errdefs import AlreadyExists, FailedPrecondition, NotFound, Unavailable
-from conftest import Shims, pid_alive, wait_for, wait_pid_gone
 
 
 def test_lifecycle_reports_states_and_exit_code(shims: Shims, runtime_name: str) -> None:
@@ -47,7 +47,9 @@ def test_exit_zero_and_init_exit_recorded_in_bundle(shims: Shims) -> None:
 
 
 @pytest.mark.parametrize(("signal_number", "status"), [(9, 137), (15, 143)])
-def test_signals_give_128_plus_signal(shims: Shims, runtime_name: str, signal_number: int, status: int) -> None:
+def test_signals_give_128_plus_signal(
+    shims: Shims, runtime_name: str, signal_number: int, status: int
+) -> None:
     # Without a pid namespace of its own the init is an ordinary process: TERM's default action kills it.
     task = shims.new(["/bin/sleep", "1000"], runtime=runtime_name,
                      namespaces=("ipc", "uts", "mount", "network"))  # fmt: skip

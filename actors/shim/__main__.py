@@ -77,7 +77,9 @@ def _setup(args: argparse.Namespace) -> tuple[ShimService, ShimServer, Reaper, A
     log_path = args.log or os.path.join(bundle, "shim.log")
     stream = sys.stderr if log_path == "-" else open(log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
     log = JsonLineLogger(stream, "debug" if args.debug else "info", namespace=namespace, id=cid)
-    runtime = Runtime(binary, args.runtime_root, os.path.join(bundle, "log.json"), args.systemd_cgroup, args.debug)
+    runtime = Runtime(
+        binary, args.runtime_root, os.path.join(bundle, "log.json"), args.systemd_cgroup, args.debug
+    )
     server_box: list[ShimServer] = []
 
     def publish(kind: str, data: dict[str, Any]) -> None:
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         os.setsid()
     os.umask(0o077)
     try:
-        service, server, reaper, log, wakeup_fd, files = _setup(args)
+        service, server, _reaper, log, wakeup_fd, files = _setup(args)
     except ContactorError as exc:
         _report(args.ready_fd, f"error {exc.category} {exc.message}")
         return 1

@@ -85,7 +85,7 @@ def start_shim(
     if line.startswith("ok "):
         return ShimHandle(int(line.split()[1]), os.path.join(bundle, "shim.sock"))
     if line.startswith("error "):
-        _, category, message = (line.split(" ", 2) + [""])[:3]
+        _, category, message = [*line.split(" ", 2), ""][:3]
         raise from_category(category, f"shim: {message}")
     raise Unavailable(f"shim did not start: {stderr.splitlines()[-1] if stderr else 'no report'}")
 
@@ -129,6 +129,7 @@ class ShimClient:
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._skipped: list[dict[str, Any]] = []
         self.closed = threading.Event()
         self._reader = threading.Thread(target=self._read_loop, daemon=True)
         self._reader.start()
@@ -208,6 +209,9 @@ class ShimClient:
 
     def next_event(self, timeout: float, kind: str | None = None) -> dict[str, Any]:
         """The next event (of ``kind``, skipping others), or Unavailable after ``timeout``."""
+        for i, event in enumerate(self._skipped):
+            if kind is None or event["event"] == kind:
+                return self._skipped.pop(i)
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -216,6 +220,7 @@ class ShimClient:
                 raise Unavailable(f"no {kind or ''} event within {timeout}s") from None
             if kind is None or event["event"] == kind:
                 return event
+            self._skipped.append(event)  # kept, in order, for a later next_event
 
 
 def is_error(exc: BaseException, category: str) -> bool:

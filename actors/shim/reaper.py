@@ -154,7 +154,9 @@ class Reaper:
         with self.lock:
             proc = subprocess.Popen(
                 list(argv),
-                stdin=subprocess.PIPE if input is not None else (stdin if stdin is not None else subprocess.DEVNULL),
+                stdin=subprocess.PIPE
+                if input is not None
+                else (stdin if stdin is not None else subprocess.DEVNULL),
                 stdout=subprocess.PIPE if stdout is None else stdout,
                 stderr=subprocess.PIPE if stderr is None else stderr,
                 pass_fds=tuple(pass_fds),
@@ -179,7 +181,9 @@ class Reaper:
         return Result(waiter.status, out, err)
 
 
-def _collect(proc: subprocess.Popen[bytes], input: bytes | None, timeout: float | None) -> tuple[bytes, bytes]:
+def _collect(
+    proc: subprocess.Popen[bytes], input: bytes | None, timeout: float | None
+) -> tuple[bytes, bytes]:
     """Write ``input`` and read the stdout/stderr pipes to EOF without ever calling wait()."""
     if proc.stdin is not None:
         with contextlib.suppress(BrokenPipeError):

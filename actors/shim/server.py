@@ -133,7 +133,11 @@ class ShimServer:
             conn.send({"id": req_id, "result": {"seq": self._seq}})
             if since is not None:
                 replay = [e for e in self._history if e["seq"] > since]
-                if self._init_exit is not None and self._init_exit["seq"] > since and self._init_exit not in replay:
+                if (
+                    self._init_exit is not None
+                    and self._init_exit["seq"] > since
+                    and self._init_exit not in replay
+                ):
                     replay.insert(0, self._init_exit)
                 for event in replay:
                     conn.send(event)
@@ -158,11 +162,8 @@ class ShimServer:
 
     def _work(self, conn: _Connection, req_id: int, method: str, params: dict[str, Any]) -> None:
         try:
-            if method == "shutdown":
-                result = self._shutdown(params)
-            else:
-                result = self.service.handlers[method](params)
-            reply = {"id": req_id, "result": result}
+            handler = self._shutdown if method == "shutdown" else self.service.handlers[method]
+            reply = {"id": req_id, "result": handler(params)}
         except ContactorError as exc:
             reply = _error(req_id, exc)
         except Exception as exc:
@@ -180,7 +181,9 @@ class ShimServer:
             raise InvalidArgument("force must be a boolean")
         if self.service.alive():
             if not force:
-                raise FailedPrecondition("the container still exists: delete it first, or shut down with force")
+                raise FailedPrecondition(
+                    "the container still exists: delete it first, or shut down with force"
+                )
             self.service.kill_and_delete()
         return {}
 

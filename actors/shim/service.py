@@ -140,13 +140,20 @@ class ShimService:
         return proc
 
     def _register_pid(self, proc: Process, pid: int) -> None:
-        """Make ``pid`` known to the reaper callback, and take an exit that came first."""
-        with self._lock:
-            proc.pid = pid
-            self._by_pid[pid] = proc
-        claimed = self.reaper.claim(pid)
-        if claimed is not None:
-            self._exited(proc, *claimed)
+        """Make ``pid`` known to the reaper callback, and take an exit that came first.
+
+        Done under the reaper's lock, so that exec_started is published before the
+        process's exit, however fast it exits.
+        """
+        with self.reaper.lock:
+            with self._lock:
+                proc.pid = pid
+                self._by_pid[pid] = proc
+            if not proc.is_init:
+                self.publish("exec_started", {"container_id": self.cid, "exec_id": proc.exec_id, "pid": pid})
+            claimed = self.reaper.claim(pid)
+            if claimed is not None:
+                self._exited(proc, *claimed)
 
     def _read_pid(self, name: str) -> int:
         try:
@@ -195,7 +202,8 @@ class ShimService:
     def create(self, params: dict[str, Any]) -> dict[str, Any]:
         mounts = mnt.parse_mounts(params.get("rootfs"))
         spec = read_spec(self.bundle)
-        process = spec.get("process") if isinstance(spec.get("process"), dict) else {}
+        raw_process = spec.get("process")
+        process: dict[str, Any] = raw_process if isinstance(raw_process, dict) else {}
         terminal = _bool(params, "terminal", bool(process.get("terminal", False)))
         if terminal != bool(process.get("terminal", False)):
             raise InvalidArgument(f"terminal={terminal} but the spec's process.terminal is {not terminal}")
@@ -253,7 +261,7 @@ class ShimService:
         listener = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
         short = stack.enter_context(socket_name(path))
         listener.bind(short)
-        stack.callback(lambda: os.path.exists(path) and os.unlink(path))
+        stack.callback(_unlink_quietly, path)
         listener.listen(1)
         return listener, short
 
@@ -275,8 +283,6 @@ class ShimService:
             with proc.cond:
                 if proc.state is State.CREATED:  # it may already have exited
                     proc.state = State.RUNNING
-        if not proc.is_init:
-            self.publish("exec_started", {"container_id": self.cid, "exec_id": proc.exec_id, "pid": proc.pid})
         self.log.info("process_started", exec_id=proc.exec_id, pid=proc.pid)
         return {"pid": proc.pid}
 
@@ -373,7 +379,10 @@ class ShimService:
             with proc.cond:
                 src = proc.state
                 check_transition(True, src, target, resume)
-            self._run("resume" if resume else "pause", self.runtime.resume(self.cid) if resume else self.runtime.pause(self.cid))
+            self._run(
+                "resume" if resume else "pause",
+                self.runtime.resume(self.cid) if resume else self.runtime.pause(self.cid),
+            )
             with proc.cond:
                 if proc.state is src:  # unless it exited meanwhile
                     proc.state = target
@@ -507,7 +516,9 @@ class ShimService:
         except Internal as exc:
             reason = self._criu_unusable(criu)
             if reason:
-                raise Unavailable(f"checkpoint unavailable: criu cannot work on this machine: {reason}") from None
+                raise Unavailable(
+                    f"checkpoint unavailable: criu cannot work on this machine: {reason}"
+                ) from None
             raise Internal(f"{exc.message} (see {work_path}/dump.log)") from None
         return {}
 
@@ -540,3 +551,8 @@ class ShimService:
         with contextlib.suppress(Exception):
             if init.state is not State.DELETED:
                 self.delete({})
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
