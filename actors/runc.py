@@ -15,7 +15,7 @@ import shutil
 from dataclasses import dataclass
 from typing import Final
 
-from actors.errdefs import ContactorError, FailedPrecondition, Internal, NotFound
+from actors.errdefs import ContactorError, FailedPrecondition, Internal, InvalidArgument, NotFound
 
 __all__ = ["Runtime", "resolve_binary", "runtime_error", "NOT_RUNNING_MARKERS"]
 
@@ -27,6 +27,9 @@ NOT_RUNNING_MARKERS: Final = (
     "does not exist",
     "not found",
 )
+
+
+_BAD_PROCESS_MARKERS: Final = ("no such file or directory", "executable file not found", "permission denied")
 
 
 def resolve_binary(name: str) -> str:
@@ -155,6 +158,10 @@ def runtime_error(
     lowered = text.lower()
     if not_running_is_not_found and any(m in lowered for m in NOT_RUNNING_MARKERS):
         return NotFound(f"{what}: {text}")
+    if ("exec:" in lowered or "executable file" in lowered) and any(
+        m in lowered for m in _BAD_PROCESS_MARKERS
+    ):
+        return InvalidArgument(f"{what}: {text}")  # the process in the spec cannot be run
     if "not running" in lowered or "is paused" in lowered or "is not paused" in lowered:
         return FailedPrecondition(f"{what}: {text}")
     return Internal(f"{what}: {text}")

@@ -166,8 +166,9 @@ def test_exec_of_a_missing_binary_fails_with_the_runtime_error(shims: Shims) -> 
     task = shims.new(["/bin/sleep", "1000"])
     task.run()
     task.client.call("exec", exec_id="bad", spec={"args": ["/no/such/binary"]})
-    with pytest.raises(Exception, match="no such file or directory"):
+    with pytest.raises(InvalidArgument, match="no such file or directory"):
         task.client.call("start", exec_id="bad")
+    assert task.client.call("state")["status"] == "running"
     task.client.call("kill", signal=9)
     task.client.call("wait", timeout=30)
     task.client.call("delete")
