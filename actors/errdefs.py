@@ -67,14 +67,15 @@ CATEGORIES: Final[dict[str, type[ContactorError]]] = {
     for cls in (NotFound, AlreadyExists, InvalidArgument, FailedPrecondition, Unavailable, Internal)
 }
 
-# One exit code per category; 1 stays free for "something unexpected", 2 is argparse's usage error.
+# One exit code per category.  They sit in 120-125, clear of 0-2 (success, failure, usage) and of the
+# statuses containers commonly exit with, because `contactor run` passes the container's status through.
 EXIT_CODES: Final[dict[str, int]] = {
-    "invalid_argument": 3,
-    "not_found": 4,
-    "already_exists": 5,
-    "failed_precondition": 6,
-    "unavailable": 7,
-    "internal": 8,
+    "invalid_argument": 120,
+    "not_found": 121,
+    "already_exists": 122,
+    "failed_precondition": 123,
+    "unavailable": 124,
+    "internal": 125,
 }
 
 

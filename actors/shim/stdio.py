@@ -53,7 +53,8 @@ def open_output(path: str, what: str) -> int:
         is_fifo = False
     if not is_fifo:
         try:
-            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            # Symlinks are followed: the client may name /proc/<pid>/fd/1, its own stdout.
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise InvalidArgument(f"cannot open {what} {path!r}: {exc.strerror}") from None
     deadline = time.monotonic() + OPEN_TIMEOUT

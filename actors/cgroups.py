@@ -1,0 +1,47 @@
+"""Where tasks' cgroups live, and removing what placement left behind.
+
+A task's cgroup is ``<parent>/<namespace>/<id>`` in every hierarchy (each v1
+controller, and the v2 tree mounted at ``unified`` on a hybrid host).  The
+runtime removes the task's own directory on delete; the namespace and parent
+directories above it are removed here once they are empty.  ``rmdir`` of a
+non-empty cgroup fails, so this never touches a cgroup still in use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Final
+
+__all__ = ["CGROUP_ROOT", "hierarchies", "remove_empty_parents"]
+
+CGROUP_ROOT: Final = Path("/sys/fs/cgroup")
+
+
+def hierarchies(root: Path = CGROUP_ROOT) -> list[Path]:
+    """Mount points of every cgroup hierarchy under ``root`` (one for pure v2)."""
+    if (root / "cgroup.controllers").exists():
+        return [root]
+    with contextlib.suppress(OSError):
+        return [p for p in sorted(root.iterdir()) if p.is_dir() and not p.is_symlink()]
+    return []
+
+
+def remove_empty_parents(cgroups_path: str, keep: int = 0, root: Path = CGROUP_ROOT) -> None:
+    """rmdir the directories of ``cgroups_path`` from the leaf up, in every hierarchy, while empty.
+
+    ``keep`` top components are left in place.  The leaf itself is included, so a
+    cgroup the runtime failed to remove goes too, if it holds no process.
+    """
+    parts = [p for p in cgroups_path.split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        raise ValueError(f"cgroup path {cgroups_path!r} must not contain . or ..")
+    for hierarchy in hierarchies(root):
+        for depth in range(len(parts), keep, -1):
+            try:
+                os.rmdir(hierarchy.joinpath(*parts[:depth]))
+            except FileNotFoundError:
+                continue
+            except OSError:  # busy or not empty: so are its parents
+                break
