@@ -174,3 +174,15 @@ def test_sigterm_to_the_shim_tears_the_container_down(shims: Shims) -> None:
     assert not os.path.ismount(task.path("rootfs"))
     record = json.loads(Path(task.path("init.exit")).read_text())
     assert record["exit_status"] == 137
+
+
+def test_forced_shutdown_of_a_paused_container_with_execs(shims: Shims) -> None:
+    task = shims.new(["/bin/sleep", "1000"])
+    pid = task.run()
+    task.client.call("exec", exec_id="e", spec={"args": ["/bin/sleep", "1000"]})
+    epid = task.client.call("start", exec_id="e")["pid"]
+    task.client.call("pause")
+    task.client.call("shutdown", force=True)
+    assert wait_pid_gone(task.pid, 30), "the shim exits after a forced shutdown"
+    assert wait_pid_gone(pid, 5) and wait_pid_gone(epid, 5)
+    assert not os.path.ismount(task.path("rootfs"))

@@ -15,9 +15,11 @@ import itertools
 import os
 import queue
 import select
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -60,34 +62,43 @@ def start_shim(
         argv.append("--debug")
     if log:
         argv += ["--log", log]
-    try:
+    with tempfile.TemporaryFile() as errors:
         try:
-            proc = subprocess.Popen(
-                argv, pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
-            )  # fmt: skip
-        except FileNotFoundError:
-            raise Unavailable(f"shim binary {argv[0]!r} not found") from None
-        os.close(w)
-        w = -1
-        line = _read_line(r, timeout)
-        # The started process only forks the real shim and exits; reap it.
-        try:
-            proc.wait(timeout)
-            stderr = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
-        finally:
-            if proc.stderr:
-                proc.stderr.close()
-    finally:
-        os.close(r)
-        if w >= 0:
+            try:
+                proc = subprocess.Popen(
+                    argv, pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=errors, start_new_session=True, close_fds=True,
+                )  # fmt: skip
+            except FileNotFoundError:
+                raise Unavailable(f"shim binary {argv[0]!r} not found") from None
             os.close(w)
-    if line.startswith("ok "):
-        return ShimHandle(int(line.split()[1]), os.path.join(bundle, "shim.sock"))
-    if line.startswith("error "):
-        _, category, message = [*line.split(" ", 2), ""][:3]
-        raise from_category(category, f"shim: {message}")
-    raise Unavailable(f"shim did not start: {stderr.splitlines()[-1] if stderr else 'no report'}")
+            w = -1
+            try:
+                line = _read_line(r, timeout)
+            except Unavailable:
+                _kill_half_started(bundle)
+                raise
+            finally:
+                # The started process only forks the real shim and exits; reap it.
+                proc.wait(timeout)
+        finally:
+            os.close(r)
+            if w >= 0:
+                os.close(w)
+        if line.startswith("ok "):
+            return ShimHandle(int(line.split()[1]), os.path.join(bundle, "shim.sock"))
+        if line.startswith("error "):
+            _, category, message = [*line.split(" ", 2), ""][:3]
+            raise from_category(category, f"shim: {message}")
+        errors.seek(0)
+        text = errors.read().decode(errors="replace").strip()
+    raise Unavailable(f"shim did not start: {text.splitlines()[-1] if text else 'no report'}")
+
+
+def _kill_half_started(bundle: str) -> None:
+    """A shim that never reported readiness is not left running."""
+    with contextlib.suppress(OSError, ValueError), open(os.path.join(bundle, "shim.pid")) as f:
+        os.kill(int(f.read()), signal.SIGKILL)
 
 
 def _read_line(fd: int, timeout: float) -> str:

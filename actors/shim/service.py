@@ -256,8 +256,7 @@ class ShimService:
 
     def _console_listener(self, stack: contextlib.ExitStack, name: str) -> tuple[socket.socket, str]:
         path = self._path(f"console-{name}.sock")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        _unlink_quietly(path)
         listener = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
         short = stack.enter_context(socket_name(path))
         listener.bind(short)
@@ -447,8 +446,7 @@ class ShimService:
             self.execs.pop(proc.exec_id, None)
             self._by_pid.pop(proc.pid, None)
         for name in (f"exec-{proc.exec_id}.json", f"exec-{proc.exec_id}.pid"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._path(name))
+            _unlink_quietly(self._path(name))
 
     def wait(self, params: dict[str, Any]) -> dict[str, Any]:
         proc = self._process(_exec_id(params))
@@ -487,8 +485,7 @@ class ShimService:
         try:
             self._run("update", self.runtime.update(self.cid, path))
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            _unlink_quietly(path)
         return {}
 
     def checkpoint(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -542,15 +539,24 @@ class ShimService:
         init = self.init
         if init is None:
             return
-        with contextlib.suppress(Exception):
-            if init.state not in (State.STOPPED, State.DELETED):
+        if init.state not in (State.STOPPED, State.DELETED):
+            try:
                 self._run("kill", self.runtime.kill(self.cid, signal.SIGKILL, all_processes=True))
-                init.wait(10.0)
-            if init.state is State.PAUSED or init.state is State.RUNNING:
-                init.wait(5.0)
-        with contextlib.suppress(Exception):
-            if init.state is not State.DELETED:
+                if init.state is State.PAUSED:
+                    # A frozen process cannot die until it is thawed.
+                    self._run("resume", self.runtime.resume(self.cid))
+            except Exception as exc:
+                self.log.warning("teardown_kill_failed", error=str(exc))
+            if not init.wait(10.0):
+                self.log.error("teardown_init_did_not_exit", pid=init.pid)
+        for exec_id in list(self.execs):
+            with contextlib.suppress(Exception):
+                self.delete({"exec_id": exec_id})
+        if init.state is not State.DELETED:
+            try:
                 self.delete({})
+            except Exception as exc:
+                self.log.error("teardown_delete_failed", error=str(exc))
 
 
 def _unlink_quietly(path: str) -> None:
