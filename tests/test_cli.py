@@ -1,78 +1,163 @@
-"""`contactor run`: output, exit status passed through, one-line errors with their own exit codes."""
+"""The contactor command against a real daemon: exit codes, output, one-line errors."""
 
 from __future__ import annotations
 
+import json
+import socket
 import subprocess
 import sys
-from pathlib import Path
+import time
 
 import pytest
-from conftest import REPO, remove_cgroups
+from conftest import REPO, Daemon
 
 from actors.errdefs import EXIT_CODES
 
 
-@pytest.fixture
-def cli_config(tmp_path: Path, namespace: str) -> Path:
-    conf = tmp_path / "contactor.toml"
-    state, root = tmp_path / "state", tmp_path / "root"
-    conf.write_text(f'[daemon]\nstate = "{state}"\nroot = "{root}"\n')
-    return conf
-
-
-def contactor(conf: Path, ns: str, *args: str) -> subprocess.CompletedProcess[str]:
+def contactor(d: Daemon, *args: str, input: str | None = None, ns: str | None = None,
+              timeout: float = 120) -> subprocess.CompletedProcess[str]:  # fmt: skip
     return subprocess.run(
-        [sys.executable, "-m", "actors.cli", "--config", str(conf), "--namespace", ns, *args],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
+        [sys.executable, "-m", "actors.cli", "--config", str(d.config), "-n", ns or d.namespace, *args],
+        capture_output=True, text=True, cwd=REPO, timeout=timeout, input=input,
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("runtime", ["runc", "crun"])
-def test_run_rm_prints_output_passes_status_and_leaves_nothing(
-    cli_config: Path, namespace: str, rootfs: Path, runtime: str
-) -> None:
-    result = contactor(cli_config, namespace, "run", "--rm", "--runtime", runtime, "--rootfs", str(rootfs),
-                       "c1", "/bin/sh", "-c", "echo out; echo err >&2; hostname; exit 42")  # fmt: skip
-    assert result.returncode == 42, result.stderr
-    assert result.stdout == "out\nc1\n"
-    assert result.stderr == "err\n"
-    state = cli_config.parent / "state"
-    assert not (state / namespace / "c1").exists()
-    assert not list(Path("/sys/fs/cgroup/memory/contactor").glob(f"{namespace}*"))
-    remove_cgroups(namespace)
+@pytest.mark.parametrize("status", [0, 3])
+def test_run_rm_propagates_the_exit_status(daemon: Daemon, rootfs: str, status: int) -> None:
+    r = contactor(daemon, "run", "--rm", "--rootfs", str(rootfs), "c1", "/bin/sh", "-c",
+                  f"echo out; echo err >&2; hostname; exit {status}")  # fmt: skip
+    assert r.returncode == status, r.stderr
+    assert r.stdout == "out\nc1\n" and r.stderr == "err\n"
+    assert contactor(daemon, "--json", "containers", "ls").stdout.strip() == "[]"
+    assert contactor(daemon, "--json", "tasks", "ls").stdout.strip() == "[]"
+
+
+def test_run_rm_of_a_killed_container_exits_137(daemon: Daemon, rootfs: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "actors.cli", "--config", str(daemon.config), "-n", daemon.namespace,
+         "run", "--rm", "--rootfs", str(rootfs), "k1", "/bin/sleep", "1000"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        with daemon.client() as c:
+            deadline = time.monotonic() + 30
+            while not [t for t in c.list_tasks() if t.id == "k1" and t.status == "running"]:
+                assert time.monotonic() < deadline, "the task never ran"
+                time.sleep(0.05)
+        assert contactor(daemon, "tasks", "kill", "--signal", "KILL", "k1").returncode == 0
+        assert proc.wait(60) == 137
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def test_detached_task_kill_wait_rm(daemon: Daemon, rootfs: str) -> None:
+    assert contactor(daemon, "containers", "create", "--rootfs", str(rootfs), "--label", "app=web", "d1",
+                     "--", "/bin/sleep", "1000").returncode == 0  # fmt: skip
+    r = contactor(daemon, "tasks", "start", "--detach", "d1")
+    assert r.returncode == 0 and int(r.stdout) > 0
+    listed = json.loads(contactor(daemon, "--json", "tasks", "ls").stdout)
+    assert [(t["id"], t["status"]) for t in listed] == [("d1", "running")]
+    assert listed[0]["shim_pid"] > 0 and listed[0]["bundle"].endswith("/d1")
+    r = contactor(daemon, "tasks", "rm", "d1")
+    assert r.returncode == EXIT_CODES["failed_precondition"] and "stopped" in r.stderr
+    assert contactor(daemon, "tasks", "kill", "d1").returncode == 0
+    assert contactor(daemon, "tasks", "kill", "-s", "9", "d1").returncode == 0
+    assert contactor(daemon, "tasks", "wait", "d1").returncode == 137
+    assert contactor(daemon, "tasks", "rm", "d1").returncode == 0
+    web = json.loads(contactor(daemon, "--json", "containers", "ls", "labels.app==web").stdout)
+    assert [c["id"] for c in web] == ["d1"], "the container record outlives its task"
+    assert contactor(daemon, "containers", "rm", "d1").returncode == 0
+
+
+def test_exec_pause_resume_and_ps(daemon: Daemon, rootfs: str) -> None:
+    assert contactor(daemon, "run", "-d", "--rootfs", str(rootfs), "e1", "/bin/sleep", "1000").returncode == 0
+    r = contactor(daemon, "tasks", "exec", "--exec-id", "x1", "e1", "/bin/sh", "-c", "echo inside; exit 7")
+    assert (r.returncode, r.stdout) == (7, "inside\n")
+    assert "RUNNING" in contactor(daemon, "tasks", "ls").stdout
+    assert contactor(daemon, "tasks", "pause", "e1").returncode == 0
+    assert "PAUSED" in contactor(daemon, "tasks", "ls").stdout
+    assert contactor(daemon, "tasks", "resume", "e1").returncode == 0
+    ps = json.loads(contactor(daemon, "--json", "tasks", "ps", "e1").stdout)
+    assert len(ps) == 1 and ps[0]["pid"] > 0
+    assert contactor(daemon, "tasks", "rm", "--force", "e1").returncode == 0
+    assert contactor(daemon, "containers", "rm", "e1").returncode == 0
+
+
+def test_attached_stdio_round_trip(daemon: Daemon, rootfs: str) -> None:
+    r = contactor(daemon, "run", "--rm", "-i", "--rootfs", str(rootfs), "io1", "/bin/sh", "-c",
+                  "cat; echo done >&2", input="line one\nline two\n")  # fmt: skip
+    assert (r.returncode, r.stdout, r.stderr) == (0, "line one\nline two\n", "done\n")
 
 
 @pytest.mark.parametrize(
-    ("args", "category", "needle"),
-    [
-        (
-            ["run", "--rm", "--rootfs", "{rootfs}", "../escape", "/bin/true"],
-            "invalid_argument",
-            "container id",
-        ),
-        (["run", "--rm", "--rootfs", "/no/such/rootfs", "c1", "/bin/true"], "invalid_argument", "rootfs"),
-        (
-            ["run", "--rm", "--rootfs", "{rootfs}", "c1", "/no/such/binary"],
-            "invalid_argument",
-            "no such file",
-        ),
-        (["run", "--rm", "--rootfs", "{rootfs}", "c1"], "invalid_argument", "command"),
-    ],
+    "bad_id",
+    ["../x", "x" * 77, "a..b", "ü", "a-", ""],
 )
-def test_errors_are_one_line_with_the_category_exit_code(
-    cli_config: Path, namespace: str, rootfs: Path, args: list[str], category: str, needle: str
-) -> None:
-    result = contactor(cli_config, namespace, *[a.replace("{rootfs}", str(rootfs)) for a in args])
-    assert result.returncode == EXIT_CODES[category], result.stderr
-    # Our own error is one line; the runtime's own complaint may precede it on the container's stderr.
-    ours = [line for line in result.stderr.splitlines() if line.startswith("contactor: ")]
-    assert len(ours) == 1 and needle in ours[0].lower(), result.stderr
-    assert not list((cli_config.parent / "state").glob(f"{namespace}/*"))
+def test_bad_ids_are_refused_and_nothing_changes(daemon: Daemon, rootfs: str, bad_id: str) -> None:
+    assert (
+        contactor(daemon, "run", "-d", "--rootfs", str(rootfs), "keep", "/bin/sleep", "1000").returncode == 0
+    )
+    r = contactor(daemon, "run", "--rm", "--rootfs", str(rootfs), bad_id, "/bin/true")
+    assert r.returncode == EXIT_CODES["invalid_argument"], r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("contactor: invalid argument")
+    r = contactor(daemon, "tasks", "kill", bad_id)
+    assert r.returncode == EXIT_CODES["invalid_argument"]
+    tasks = json.loads(contactor(daemon, "--json", "tasks", "ls").stdout)
+    assert [(t["id"], t["status"]) for t in tasks] == [("keep", "running")]
+    contactor(daemon, "tasks", "rm", "-f", "keep")
+    contactor(daemon, "containers", "rm", "keep")
 
 
-def test_bad_config_names_the_key_and_file(tmp_path: Path, namespace: str, rootfs: Path) -> None:
-    conf = tmp_path / "bad.toml"
-    conf.write_text('[runtime]\nname = "docker"\n')
-    result = contactor(conf, namespace, "run", "--rootfs", str(rootfs), "c1", "/bin/true")
-    assert result.returncode == EXIT_CODES["invalid_argument"]
-    assert "runtime.name" in result.stderr and str(conf) in result.stderr
+def test_bad_requests_get_their_category(daemon: Daemon, rootfs: str) -> None:
+    cases = [
+        (("run", "--rm", "--rootfs", "/no/such/rootfs", "c1", "/bin/true"), "invalid_argument"),
+        (("run", "--rm", "--rootfs", str(rootfs), "c1", "/no/such/binary"), "invalid_argument"),
+        (("tasks", "kill", "nosuch"), "not_found"),
+        (("containers", "info", "nosuch"), "not_found"),
+        (("tasks", "start", "nosuch"), "not_found"),
+        (("-n", "bad..ns", "tasks", "ls"), "invalid_argument"),
+    ]
+    for args, category in cases:
+        r = contactor(daemon, *args)
+        assert r.returncode == EXIT_CODES[category], (args, r.stderr)
+        ours = [line for line in r.stderr.splitlines() if line.startswith("contactor: ")]
+        assert len(ours) == 1, r.stderr
+    assert (
+        contactor(daemon, "containers", "create", "--rootfs", str(rootfs), "dup", "/bin/true").returncode == 0
+    )
+    r = contactor(daemon, "containers", "create", "--rootfs", str(rootfs), "dup", "/bin/true")
+    assert r.returncode == EXIT_CODES["already_exists"]
+    assert contactor(daemon, "containers", "create", "--runtime", "crun", "--rootfs", str(rootfs), "dup2",
+                     "/bin/true").returncode == 0  # fmt: skip
+    assert contactor(daemon, "tasks", "start", "dup2").returncode == 0
+    r = contactor(daemon, "containers", "rm", "dup2")
+    assert r.returncode == EXIT_CODES["failed_precondition"] and "has a task" in r.stderr
+    assert contactor(daemon, "tasks", "rm", "dup2").returncode == 0
+    assert contactor(daemon, "containers", "rm", "dup", "dup2").returncode == 0
+    # The daemon still serves, and the unknown namespace is simply empty.
+    assert json.loads(contactor(daemon, "--json", "-n", "nosuchns", "tasks", "ls").stdout) == []
+
+
+def test_a_dead_daemon_is_reported_as_such(tmp_path: object, daemon: Daemon) -> None:
+    r = subprocess.run([sys.executable, "-m", "actors.cli", "--address", "/nonexistent/contactor.sock", "tasks", "ls"],
+                       capture_output=True, text=True, cwd=REPO, timeout=60)  # fmt: skip
+    assert r.returncode == EXIT_CODES["unavailable"]
+    assert (
+        r.stderr.strip() == "contactor: unavailable: the contactor daemon is not running "
+        "(no socket at /nonexistent/contactor.sock)"
+    )
+
+
+def test_garbage_on_the_gateway_closes_only_that_connection(daemon: Daemon, rootfs: str) -> None:
+    for garbage in (b"GET / HTTP/1.1\r\n\r\n", b"\x00\x00\x00\x02\xc1\xc1", b"\x00\x00\x00\x01\x05"):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(daemon.address)
+            s.sendall(garbage)
+            assert s.recv(1) == b""
+    with daemon.client() as c:
+        assert "gateway" in c.health()["ready"]
+        with pytest.raises(Exception, match="unknown method"):
+            c.call("tasks.explode")

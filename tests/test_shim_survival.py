@@ -12,6 +12,7 @@ from pathlib import Path
 
 from conftest import REPO, Shims, Task, pid_alive, wait_for, wait_pid_gone
 
+from actors.bundle import delete_bundle
 from actors.mount import unmount_all
 from actors.shim.client import ShimClient, ShimHandle
 
@@ -116,3 +117,13 @@ def test_shim_sigkill_leaves_the_container_running_and_the_exit_file_absent(shim
     subprocess.run(["runc", "--root", task.runtime_root, "delete", "--force", task.id], check=True)
     assert wait_pid_gone(pid, 10)
     unmount_all(task.path("rootfs"))
+
+
+def test_a_shim_whose_bundle_is_removed_takes_its_container_down_and_exits(shims: Shims) -> None:
+    task = shims.new(["/bin/sleep", "1000"])
+    pid = task.run()
+    delete_bundle(task.bundle)  # unmounts the rootfs first, then removes the directory
+    assert wait_pid_gone(task.pid, 30), "a shim without a bundle must not linger"
+    assert wait_pid_gone(pid, 10), "nor its container"
+    state = subprocess.run(["runc", "--root", task.runtime_root, "state", task.id], capture_output=True)
+    assert state.returncode != 0

@@ -124,8 +124,11 @@ class _Pending:
 
 
 class ShimClient:
-    def __init__(self, address: str, timeout: float = 5.0) -> None:
+    def __init__(self, address: str, timeout: float = 5.0, notify_fd: int | None = None) -> None:
+        """``notify_fd`` (an eventfd) is written on every event and when the connection ends,
+        so an actor can watch it with ThespianWatch instead of blocking on ``events``."""
         self.address = address
+        self._notify_fd = notify_fd
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self._sock.settimeout(timeout)
         try:
@@ -162,6 +165,7 @@ class ShimClient:
             while (frame := protocol.recv_frame(self._sock)) is not None:
                 if "event" in frame:
                     self.events.put(frame)
+                    self._notify()
                     continue
                 with self._lock:
                     pending = self._pending.pop(frame.get("id", -1), None)
@@ -176,6 +180,12 @@ class ShimClient:
                 waiting, self._pending = list(self._pending.values()), {}
             for pending in waiting:
                 pending.event.set()
+            self._notify()
+
+    def _notify(self) -> None:
+        if self._notify_fd is not None:
+            with contextlib.suppress(OSError):
+                os.eventfd_write(self._notify_fd, 1)
 
     def call(self, method: str, /, *, call_timeout: float | None = None, **params: Any) -> dict[str, Any]:
         """Call ``method``; returns its result or raises the error's errdefs class.

@@ -1,30 +1,29 @@
-"""The shim's wire protocol: framing, limits, encoding and unix-socket paths.
+"""The shim's wire protocol: its calls, its events, and the framing it shares (``actors.wire``).
 
-Both ends import this module (the shim server, and every client: tests, the
-TaskActor, the CLI demo).  A frame is a 4-byte big-endian length followed by
-one msgpack map:
+A frame is one msgpack map:
 
 * request  ``{"id": int, "method": str, "params": map}``
 * reply    ``{"id": int, "result": map}`` or ``{"id": int, "error": {"category", "message"}}``
 * event    ``{"event": str, "seq": int, "data": map}`` (only to subscribed connections)
 
-A frame over ``MAX_FRAME`` bytes or one that does not decode closes that
-connection only.  Unix socket paths are limited to 107 bytes by ``sun_path``;
-bundle paths of long namespaces and 76-character ids exceed it, so
-``socket_name`` reaches a long path through ``/proc/<pid>/fd/<dirfd>/<name>``
-(the directory opened with O_PATH), which fits whatever the state dir is.
+Both ends import this module (the shim server, and every client: the
+TaskActor, the CLI's ``run``, the tests).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import socket
-import struct
-from collections.abc import Iterator
-from typing import Any, Final
+from typing import Final
 
-import msgpack
+from actors.wire import (
+    MAX_FRAME,
+    ProtocolError,
+    decode,
+    encode,
+    peer_credentials,
+    recv_frame,
+    send_frame,
+    socket_name,
+)
 
 __all__ = [
     "VERSION",
@@ -41,9 +40,6 @@ __all__ = [
 ]
 
 VERSION: Final = 1
-MAX_FRAME: Final = 4 * 1024 * 1024
-_HEADER: Final = struct.Struct(">I")
-_SUN_PATH_MAX: Final = 107
 
 METHODS: Final = frozenset(
     {
@@ -52,83 +48,3 @@ METHODS: Final = frozenset(
     }
 )  # fmt: skip
 EVENTS: Final = frozenset({"exit", "exec_added", "exec_started", "oom"})
-
-
-class ProtocolError(Exception):
-    """The peer sent something that is not a valid frame; the connection is closed."""
-
-
-def encode(obj: dict[str, Any]) -> bytes:
-    payload: bytes = msgpack.packb(obj, use_bin_type=True)
-    if len(payload) > MAX_FRAME:
-        raise ProtocolError(f"frame of {len(payload)} bytes exceeds the limit of {MAX_FRAME}")
-    return _HEADER.pack(len(payload)) + payload
-
-
-def decode(payload: bytes) -> dict[str, Any]:
-    try:
-        obj = msgpack.unpackb(payload, raw=False, strict_map_key=True)
-    except Exception as exc:  # msgpack raises several unrelated types
-        raise ProtocolError(f"undecodable frame: {exc}") from None
-    if not isinstance(obj, dict):
-        raise ProtocolError(f"frame is a {type(obj).__name__}, not a map")
-    return obj
-
-
-def send_frame(sock: socket.socket, obj: dict[str, Any]) -> None:
-    sock.sendall(encode(obj))
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            if buf:
-                raise ProtocolError("connection closed in the middle of a frame")
-            return None
-        buf += chunk
-    return bytes(buf)
-
-
-def recv_frame(sock: socket.socket) -> dict[str, Any] | None:
-    """Read one frame; None on a clean EOF between frames."""
-    header = _recv_exact(sock, _HEADER.size)
-    if header is None:
-        return None
-    (length,) = _HEADER.unpack(header)
-    if length > MAX_FRAME:
-        raise ProtocolError(f"frame of {length} bytes exceeds the limit of {MAX_FRAME}")
-    payload = _recv_exact(sock, length)
-    if payload is None:
-        raise ProtocolError("connection closed in the middle of a frame")
-    return decode(payload)
-
-
-@contextlib.contextmanager
-def socket_name(path: str) -> Iterator[str]:
-    """A name for ``path`` that fits in ``sun_path``, valid while the context is open.
-
-    Short paths are used as they are.  A long one is reached through an O_PATH
-    descriptor of its directory, named through ``/proc/<our pid>``, so that
-    other processes (runc's ``--console-socket``) can use the name too.
-    """
-    if len(os.fsencode(path)) <= _SUN_PATH_MAX:
-        yield path
-        return
-    head, tail = os.path.split(path)
-    dfd = os.open(head or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        short = f"/proc/{os.getpid()}/fd/{dfd}/{tail}"
-        if len(os.fsencode(short)) > _SUN_PATH_MAX:
-            raise ProtocolError(f"socket name {tail!r} is too long")
-        yield short
-    finally:
-        os.close(dfd)
-
-
-def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
-    """(pid, uid, gid) of the process at the other end of a unix socket."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", raw)
-    return pid, uid, gid

@@ -241,6 +241,11 @@ class ShimServer:
                     elif key.data == "reap":
                         self.reaper.drain_wakeup()
                 self.reaper.reap()
+                if not os.path.isdir(self.service.bundle):
+                    # Nobody can own a task whose bundle is gone: take the container down and leave.
+                    self.log.error("bundle_removed_tearing_down")
+                    self.force_teardown = True
+                    break
         if self.force_teardown:
             teardown = threading.Thread(target=self.service.kill_and_delete, daemon=True)
             teardown.start()

@@ -10,6 +10,7 @@ FIFO open.  Every runtime call goes through the reaper.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -539,6 +540,9 @@ class ShimService:
         init = self.init
         if init is None:
             return
+        if not os.path.isdir(self.bundle):
+            # The runtime's log lived in the bundle: without it the runtime would refuse to run.
+            self.runtime = dataclasses.replace(self.runtime, log=None)
         if init.state not in (State.STOPPED, State.DELETED):
             try:
                 self._run("kill", self.runtime.kill(self.cid, signal.SIGKILL, all_processes=True))

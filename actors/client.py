@@ -1,0 +1,254 @@
+"""The Python client: every operation of the daemon, through its Gateway socket.
+
+``Client(address)`` connects to the Gateway (never joining the actor system)
+and offers typed calls; failures raise the errdefs exception of their
+category, and a daemon that is not running is ``Unavailable`` with a clear
+message.  ``events(filters)`` is an iterator over envelopes.  Thread-safe:
+replies are matched by request id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import queue
+import socket
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from actors import wire
+from actors.errdefs import Unavailable, from_category
+
+__all__ = ["Client", "Task", "DEFAULT_ADDRESS", "CALL_TIMEOUT"]
+
+DEFAULT_ADDRESS: Final = "/run/contactor/contactor.sock"
+CALL_TIMEOUT: Final = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    namespace: str
+    id: str
+    pid: int
+    status: str
+    exit_status: int
+    exited_at: float
+    shim_pid: int
+    bundle: str
+    created_at: float
+    actor_pid: int = 0
+
+
+class _Conn:
+    """One Gateway connection with a reader thread; replies by id, streams by id."""
+
+    def __init__(self, address: str, timeout: float) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self.sock.settimeout(timeout)
+        try:
+            with wire.socket_name(address) as name:
+                self.sock.connect(name)
+        except FileNotFoundError:
+            self.sock.close()
+            raise Unavailable(f"the contactor daemon is not running (no socket at {address})") from None
+        except ConnectionRefusedError:
+            self.sock.close()
+            raise Unavailable(f"the contactor daemon is not running (nothing listens on {address})") from None
+        except OSError as exc:
+            self.sock.close()
+            raise Unavailable(
+                f"cannot reach the contactor daemon at {address}: {exc.strerror or exc}"
+            ) from None
+        self.sock.settimeout(None)
+        self.ids = itertools.count(1)
+        self.lock = threading.Lock()
+        self.send_lock = threading.Lock()
+        self.queues: dict[int, queue.Queue[dict[str, Any] | None]] = {}
+        self.closed = False
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        try:
+            while (frame := wire.recv_frame(self.sock)) is not None:
+                with self.lock:
+                    q = self.queues.get(frame.get("id", -1))
+                if q is not None:
+                    q.put(frame)
+        except (OSError, wire.ProtocolError):
+            pass
+        finally:
+            with self.lock:
+                self.closed = True
+                queues = list(self.queues.values())
+            for q in queues:
+                q.put(None)
+
+    def open(self, method: str, params: dict[str, Any]) -> tuple[int, queue.Queue[dict[str, Any] | None]]:
+        req_id = next(self.ids)
+        q: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        with self.lock:
+            if self.closed:
+                raise Unavailable("the connection to the contactor daemon is closed")
+            self.queues[req_id] = q
+        try:
+            with self.send_lock:
+                wire.send_frame(self.sock, {"id": req_id, "method": method, "params": params})
+        except OSError as exc:
+            raise Unavailable(f"lost the contactor daemon: {exc}") from None
+        return req_id, q
+
+    def forget(self, req_id: int) -> None:
+        with self.lock:
+            self.queues.pop(req_id, None)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
+def _unwrap(frame: dict[str, Any] | None, method: str) -> dict[str, Any]:
+    if frame is None:
+        raise Unavailable(f"the contactor daemon closed the connection during {method}")
+    if "error" in frame:
+        err = frame["error"]
+        raise from_category(str(err.get("category")), str(err.get("message")))
+    result = frame.get("result")
+    return result if isinstance(result, dict) else {}
+
+
+class Client:
+    def __init__(
+        self, address: str = DEFAULT_ADDRESS, namespace: str = "default", timeout: float = 10.0
+    ) -> None:
+        self.address = address
+        self.namespace = namespace
+        self._conn = _Conn(address, timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def call(self, method: str, timeout: float | None = CALL_TIMEOUT, **params: Any) -> dict[str, Any]:
+        """A raw call: ``method`` of the Gateway protocol with ``params``; namespace filled in."""
+        params.setdefault("namespace", self.namespace)
+        req_id, q = self._conn.open(method, params)
+        try:
+            frame = q.get(timeout=timeout)
+        except queue.Empty:
+            raise Unavailable(f"the contactor daemon did not answer {method} within {timeout}s") from None
+        finally:
+            self._conn.forget(req_id)
+        return _unwrap(frame, method)
+
+    # -- health -----------------------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        return self.call("health")
+
+    # -- containers -------------------------------------------------------------------------------------
+    def create_container(
+        self, id: str, spec: dict[str, Any], rootfs: str = "", runtime: str = "runc",
+        labels: dict[str, str] | None = None, image: str = "",
+    ) -> dict[str, Any]:  # fmt: skip
+        result = self.call("containers.create", id=id, spec=spec, rootfs=rootfs, runtime=runtime,
+                           labels=labels or {}, image=image)  # fmt: skip
+        return dict(result["container"])
+
+    def get_container(self, id: str) -> dict[str, Any]:
+        return dict(self.call("containers.get", id=id)["container"])
+
+    def list_containers(self, filters: Sequence[str] = ()) -> list[dict[str, Any]]:
+        return list(self.call("containers.list", filters=list(filters))["containers"])
+
+    def label_container(self, id: str, labels: dict[str, str]) -> dict[str, Any]:
+        paths = [f"labels.{k}" for k in labels]
+        return dict(self.call("containers.update", id=id, labels=labels, fieldpaths=paths)["container"])
+
+    def delete_container(self, id: str) -> None:
+        self.call("containers.delete", id=id)
+
+    # -- tasks --------------------------------------------------------------------------------------------
+    def create_task(self, id: str, stdin: str = "", stdout: str = "", stderr: str = "",
+                    terminal: bool = False) -> Task:  # fmt: skip
+        result = self.call(
+            "tasks.create", id=id, stdin=stdin, stdout=stdout, stderr=stderr, terminal=terminal
+        )
+        return Task(**result["task"])
+
+    def list_tasks(self) -> list[Task]:
+        return [Task(**t) for t in self.call("tasks.list")["tasks"]]
+
+    def start(self, id: str, exec_id: str = "") -> int:
+        return int(self.call("tasks.start", id=id, exec_id=exec_id)["pid"])
+
+    def kill(self, id: str, signal: int = 15, all: bool = False, exec_id: str = "") -> None:
+        self.call("tasks.kill", id=id, signal=signal, all=all, exec_id=exec_id)
+
+    def wait(self, id: str, exec_id: str = "", timeout: float | None = None) -> dict[str, Any]:
+        return self.call("tasks.wait", timeout=timeout, id=id, exec_id=exec_id)
+
+    def state(self, id: str, exec_id: str = "") -> dict[str, Any]:
+        return self.call("tasks.state", id=id, exec_id=exec_id)
+
+    def delete_task(self, id: str, force: bool = False, exec_id: str = "") -> dict[str, Any]:
+        params: dict[str, Any] = {"id": id, "exec_id": exec_id}
+        if force:
+            params["force"] = True
+        return self.call("tasks.delete", **params)
+
+    def exec(self, id: str, exec_id: str, args: Sequence[str], stdin: str = "", stdout: str = "",
+             stderr: str = "", terminal: bool = False, env: Sequence[str] = (), cwd: str = "/") -> None:  # fmt: skip
+        spec = {"args": list(args), "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", *env], "cwd": cwd,
+                "user": {"uid": 0, "gid": 0}}  # fmt: skip
+        self.call("tasks.exec", id=id, exec_id=exec_id, spec=spec, stdin=stdin, stdout=stdout, stderr=stderr,
+                  terminal=terminal)  # fmt: skip
+
+    def pids(self, id: str) -> list[dict[str, Any]]:
+        return list(self.call("tasks.pids", id=id)["processes"])
+
+    def pause(self, id: str) -> None:
+        self.call("tasks.pause", id=id)
+
+    def resume(self, id: str) -> None:
+        self.call("tasks.resume", id=id)
+
+    def close_io(self, id: str, exec_id: str = "") -> None:
+        self.call("tasks.close_io", id=id, exec_id=exec_id)
+
+    def resize_pty(self, id: str, width: int, height: int, exec_id: str = "") -> None:
+        self.call("tasks.resize_pty", id=id, exec_id=exec_id, width=width, height=height)
+
+    def update(self, id: str, resources: dict[str, Any]) -> None:
+        self.call("tasks.update", id=id, resources=resources)
+
+    # -- events -------------------------------------------------------------------------------------------
+    def events(self, filters: Sequence[str] = (), timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Envelopes matching any of ``filters``, as they happen; ends when the daemon goes away.
+
+        ``timeout`` bounds the wait for each next event (Unavailable after it).
+        """
+        # A connection of its own: closing it ends the subscription at the Gateway.
+        conn = _Conn(self.address, 10.0)
+        _, q = conn.open("events.subscribe", {"filters": list(filters), "namespace": ""})
+        try:
+            _unwrap(q.get(timeout=CALL_TIMEOUT), "events.subscribe")
+            while True:
+                try:
+                    frame = q.get(timeout=timeout)
+                except queue.Empty:
+                    raise Unavailable(f"no event within {timeout}s") from None
+                if frame is None:
+                    return
+                if "error" in frame:
+                    _unwrap(frame, "events")
+                yield dict(frame["event"])
+        finally:
+            conn.close()

@@ -1,0 +1,167 @@
+"""``contactor daemon``: the supervisor process (not an actor) that keeps the actor system alive.
+
+Thespian's admin dies on SIGTERM without cleaning up and leaves its actors
+orphaned, holding the port; nothing restarts it.  So this process: takes the
+state dir's lock (a second daemon refuses), clears a stale actor system left
+by an earlier run (its recorded process group), starts the actor system and
+the Supervisor, watches the admin through a pidfd and restarts everything if
+it dies, and on SIGTERM/SIGINT shuts the actor system down and kills what is
+left of it.  Shims and containers live in sessions of their own: stopping or
+restarting the daemon never touches them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import select
+import signal
+import time
+from pathlib import Path
+from typing import Any, Final
+
+import psutil
+
+from actors.config import Config
+from actors.errdefs import FailedPrecondition, Unavailable
+from actors.logs import get_logger
+
+__all__ = ["run", "BOOT_TIMEOUT"]
+
+BOOT_TIMEOUT: Final = 60.0
+SHUTDOWN_TIMEOUT: Final = 10.0
+_THESPIAN_LOGS: Final = {
+    "version": 1,
+    "handlers": {"null": {"class": "logging.NullHandler"}},
+    "root": {"handlers": ["null"], "level": "CRITICAL"},
+}
+
+
+class _Lock:
+    """``<state>/contactor.pid``, flocked for the daemon's lifetime."""
+
+    def __init__(self, state: Path) -> None:
+        self.path = state / "contactor.pid"
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(self.fd)
+            raise FailedPrecondition(
+                f"another contactor daemon (pid {other}) is running on {state}"
+            ) from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        os.close(self.fd)
+
+
+def _kill_group(pgid: int, log: Any) -> None:
+    """SIGKILL every process of an actor system's process group (never a shim: shims lead their own)."""
+    if pgid <= 1:
+        return
+    victims = []
+    for proc in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error):
+            if os.getpgid(proc.pid) == pgid and proc.pid != os.getpid():
+                victims.append(proc)
+    if not victims:
+        return
+    log.warning("killing_actor_system", pgid=pgid, processes=len(victims))
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+    psutil.wait_procs(victims, timeout=5)
+
+
+def _clear_stale(state: Path, log: Any) -> None:
+    path = state / "actors.pgid"
+    with contextlib.suppress(OSError, ValueError):
+        _kill_group(int(path.read_text()), log)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _environment(cfg: Config) -> None:
+    """Thespian reads these at import: set them before it is imported."""
+    root = Path(cfg.daemon.root)
+    root.mkdir(mode=0o711, parents=True, exist_ok=True)
+    os.environ.setdefault("THESPLOG_FILE", str(root / "thespian.log"))
+    os.environ.setdefault("THESPLOG_THRESHOLD", "WARNING")
+    # A dead external client must not keep an actor retrying a send for the default 5 minutes.
+    os.environ.setdefault("THESPIAN_TRANSMIT_TIMEOUT_PERIOD", "0:00:20")
+
+
+def run(cfg: Config) -> int:
+    """Run the daemon in the foreground until SIGTERM or SIGINT."""
+    log = get_logger(component="daemon")
+    state = Path(cfg.daemon.state)
+    state.mkdir(mode=0o711, parents=True, exist_ok=True)
+    lock = _Lock(state)
+    stop_r, stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(stop_w)
+    stopping: list[int] = []
+    for signo in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signo, lambda s, f: stopping.append(s))
+    try:
+        _clear_stale(state, log)
+        _environment(cfg)
+        restarts = 0
+        while not stopping:
+            pgid = _serve_once(cfg, state, stop_r, stopping, log)
+            _kill_group(pgid, log)
+            if stopping:
+                break
+            restarts += 1
+            log.error("actor_system_died_restarting", restarts=restarts)
+            time.sleep(min(5.0, 0.2 * restarts))
+        return 0
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            (state / "actors.pgid").unlink()
+        lock.release()
+        log.info("daemon_stopped")
+
+
+def _serve_once(cfg: Config, state: Path, stop_r: int, stopping: list[int], log: Any) -> int:
+    """Start the actor system, serve until it dies or we are asked to stop; returns its pgid."""
+    from thespian.actors import ActorSystem
+
+    from actors.messages import Boot, Booted
+    from actors.supervisor import Supervisor
+
+    started = time.monotonic()
+    asys = ActorSystem("multiprocTCPBase", {"Admin Port": cfg.daemon.admin_port}, logDefs=_THESPIAN_LOGS,
+                       transientUnique=True)  # fmt: skip
+    pgid = 0
+    try:
+        supervisor = asys.createActor(Supervisor)
+        booted = asys.ask(supervisor, Boot(cfg), BOOT_TIMEOUT)
+        if not isinstance(booted, Booted):
+            raise Unavailable(f"the actor system did not start: {booted!r}")
+        pgid = booted.pgid
+        (state / "actors.pgid").write_text(f"{pgid}\n")
+        log.info("daemon_ready", admin_pid=booted.admin_pid, pgid=pgid, address=str(cfg.daemon.address),
+                 seconds=round(time.monotonic() - started, 3))  # fmt: skip
+        pidfd = os.pidfd_open(booted.admin_pid)
+        try:
+            while not stopping:
+                ready, _, _ = select.select([pidfd, stop_r], [], [])
+                with contextlib.suppress(BlockingIOError):
+                    os.read(stop_r, 64)
+                if pidfd in ready:
+                    log.error("actor_system_admin_died", admin_pid=booted.admin_pid)
+                    return pgid
+        finally:
+            os.close(pidfd)
+        log.info("daemon_stopping", signal=stopping[0])
+        asys.shutdown()
+        return pgid
+    except BaseException:
+        with contextlib.suppress(Exception):
+            asys.shutdown()
+        raise

@@ -1,0 +1,84 @@
+"""The Exchange: event fan-out with containerd's topics and filters.
+
+``Publish`` takes an envelope {timestamp, namespace, topic, event}; every
+subscription whose filters match gets a ``Delivery``.  Sends are
+asynchronous, so a slow subscriber holds up no one; a dead one is dropped
+when its delivery comes back as a dead letter (the Supervisor tells us).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Final
+
+from actors._actor import ContactorActor
+from actors.errdefs import FailedPrecondition, InvalidArgument
+from actors.filters import Filter, parse_any
+from actors.identifiers import validate
+from actors.messages import (
+    Ask,
+    Configure,
+    Delivery,
+    Envelope,
+    Publish,
+    Subscribe,
+    Subscribed,
+    Unsubscribe,
+)
+
+__all__ = ["Exchange", "TOPICS", "envelope", "check_topic"]
+
+TOPICS: Final = frozenset(
+    {
+        "/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete", "/tasks/paused", "/tasks/resumed",
+        "/tasks/exec-added", "/tasks/exec-started", "/tasks/oom", "/tasks/checkpointed",
+        "/containers/create", "/containers/update", "/containers/delete",
+    }
+)  # fmt: skip
+
+
+def check_topic(topic: str) -> str:
+    """containerd's rule: starts with '/', at least one component, each a valid identifier."""
+    if not topic.startswith("/") or topic == "/":
+        raise InvalidArgument(f"topic {topic!r} must start with '/' and have a component")
+    for part in topic[1:].split("/"):
+        validate(part, "topic component")
+    return topic
+
+
+def envelope(namespace: str, topic: str, event: dict[str, Any], timestamp: float | None = None) -> Envelope:
+    if not namespace:
+        raise FailedPrecondition("namespace is required")
+    return Envelope(time.time() if timestamp is None else timestamp, namespace, check_topic(topic), event)
+
+
+@dataclass
+class _Subscription:
+    address: Any
+    filter: Filter
+
+
+class Exchange(ContactorActor):
+    role = "exchange"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.subs: dict[str, _Subscription] = {}
+
+    def on_Configure(self, msg: Configure, sender: Any) -> None:
+        pass
+
+    def on_Publish(self, msg: Publish, sender: Any) -> None:
+        env = msg.envelope
+        wire = env.to_wire()
+        for token, sub in list(self.subs.items()):
+            if sub.filter.match(wire):
+                self.send(sub.address, Delivery(token, env))
+
+    def ask_Subscribe(self, msg: Subscribe, ask: Ask, sender: Any) -> Subscribed:
+        self.subs[msg.token] = _Subscription(msg.subscriber or sender, parse_any(msg.filters))
+        return Subscribed(msg.token)
+
+    def on_Unsubscribe(self, msg: Unsubscribe, sender: Any) -> None:
+        self.subs.pop(msg.token, None)

@@ -1,0 +1,270 @@
+"""Gateway: the CLI's and Python clients' door into the actor system.
+
+A root-only unix socket (``daemon.address``) speaking ``actors.gateway_protocol``.
+The listening socket and every connection are watched with ThespianWatch;
+reads and writes are non-blocking, each connection has its own buffers, and
+a client whose unread output passes ``MAX_BACKLOG`` is disconnected, so a
+slow or stuck client never blocks anyone.  A frame that does not decode closes
+that connection only.  Peer credentials are checked on accept.
+
+Clients never join the actor system: joining starts a new one silently when
+the daemon is down, and any joined client could shut it down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import os
+import socket
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from actors import gateway_protocol as gp
+from actors import wire
+from actors._actor import ContactorActor, error_reply
+from actors.errdefs import InvalidArgument
+from actors.messages import (
+    Answer,
+    Ask,
+    Configure,
+    Delivery,
+    ErrorReply,
+    Peers,
+    Ready,
+    Subscribe,
+    Unsubscribe,
+)
+
+__all__ = ["Gateway", "MAX_BACKLOG", "MAX_CONNECTIONS"]
+
+MAX_BACKLOG: Final = 16 * 1024 * 1024
+MAX_CONNECTIONS: Final = 512
+_HEADER: Final = struct.Struct(">I")
+
+
+@dataclass
+class _Conn:
+    sock: socket.socket
+    inbuf: bytearray = field(default_factory=bytearray)
+    outbuf: bytearray = field(default_factory=bytearray)
+    tokens: set[str] = field(default_factory=set)
+
+
+class Gateway(ContactorActor):
+    role = "gateway"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.listener: socket.socket | None = None
+        self.conns: dict[int, _Conn] = {}
+        self.pending: dict[int, tuple[int, int]] = {}  # corr -> (fd, request id)
+        self.streams: dict[str, tuple[int, int]] = {}  # subscription token -> (fd, request id)
+        self.corr = itertools.count(1)
+        self.peers: Peers | None = None
+        self.supervisor: Any = None
+        self.flush_scheduled = False
+
+    # -- set-up -----------------------------------------------------------------------------------------
+    def on_Configure(self, msg: Configure, sender: Any) -> None:
+        self.peers, self.supervisor = msg.peers, sender
+        if self.listener is None:
+            self._listen(Path(msg.config.daemon.address))
+        self.send(sender, Ready(self.role))
+
+    def on_Peers(self, msg: Peers, sender: Any) -> None:
+        self.peers = msg
+
+    def _listen(self, path: Path) -> None:
+        path.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # the daemon holds the state lock: a socket here is stale
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.bind(str(path))
+        os.chmod(path, 0o600)  # before listen(): nobody connects in between
+        sock.listen(128)
+        sock.setblocking(False)
+        self.listener = sock
+        self.watched = [sock.fileno()]
+        self.log.info("gateway_listening", address=str(path))
+
+    # -- sockets ----------------------------------------------------------------------------------------
+    def on_WatchMessage(self, msg: Any, sender: Any) -> None:
+        for fd in msg.ready:
+            if self.listener is not None and fd == self.listener.fileno():
+                self._accept()
+            elif fd in self.conns:
+                self._read(fd)
+        self._rewatch()
+
+    def _rewatch(self) -> None:
+        self.watched = ([self.listener.fileno()] if self.listener else []) + list(self.conns)
+
+    def _accept(self) -> None:
+        assert self.listener is not None
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            _, uid, _ = wire.peer_credentials(sock)
+            if uid not in (0, os.geteuid()) or len(self.conns) >= MAX_CONNECTIONS:
+                self.log.warning("gateway_refused", uid=uid, connections=len(self.conns))
+                sock.close()
+                continue
+            sock.setblocking(False)
+            self.conns[sock.fileno()] = _Conn(sock)
+
+    def _read(self, fd: int) -> None:
+        conn = self.conns[fd]
+        try:
+            data = conn.sock.recv(1 << 16)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close(fd)
+            return
+        conn.inbuf += data
+        while len(conn.inbuf) >= _HEADER.size:
+            (length,) = _HEADER.unpack_from(conn.inbuf)
+            if length > wire.MAX_FRAME:
+                self.log.warning("gateway_frame_too_large", length=length)
+                self._close(fd)
+                return
+            if len(conn.inbuf) < _HEADER.size + length:
+                return
+            payload = bytes(conn.inbuf[_HEADER.size : _HEADER.size + length])
+            del conn.inbuf[: _HEADER.size + length]
+            try:
+                frame = wire.decode(payload)
+            except wire.ProtocolError as exc:
+                self.log.warning("gateway_bad_frame", error=str(exc))
+                self._close(fd)
+                return
+            req_id = frame.get("id")
+            if not isinstance(req_id, int) or isinstance(req_id, bool):
+                self._close(fd)
+                return
+            self._request(fd, req_id, frame.get("method"), frame.get("params", {}))
+            if fd not in self.conns:
+                return
+
+    def _request(self, fd: int, req_id: int, method: Any, params: Any) -> None:
+        try:
+            if not isinstance(method, str) or not isinstance(params, dict):
+                raise InvalidArgument("a request needs a method name and a params map")
+            if method == gp.SUBSCRIBE:
+                self._subscribe(fd, req_id, params)
+                return
+            role, message = gp.to_message(method, params)
+        except Exception as exc:
+            self._reply(fd, req_id, error_reply(exc))
+            return
+        target = self.supervisor if role == "supervisor" else getattr(self.peers, role)
+        corr = next(self.corr)
+        self.pending[corr] = (fd, req_id)
+        self.send(target, Ask(corr, message))
+
+    def _subscribe(self, fd: int, req_id: int, params: dict[str, Any]) -> None:
+        filters = params.get("filters", [])
+        if not isinstance(filters, list) or not all(isinstance(f, str) for f in filters):
+            raise InvalidArgument("filters must be a list of strings")
+        assert self.peers is not None
+        token = f"gw-{os.getpid()}-{fd}-{req_id}-{next(self.corr)}"
+        self.streams[token] = (fd, req_id)
+        self.conns[fd].tokens.add(token)
+        corr = next(self.corr)
+        self.pending[corr] = (fd, req_id)
+        self.send(self.peers.exchange, Ask(corr, Subscribe(token, tuple(filters), self.myAddress)))
+
+    def _close(self, fd: int) -> None:
+        conn = self.conns.pop(fd, None)
+        if conn is None:
+            return
+        for token in conn.tokens:
+            self.streams.pop(token, None)
+            if self.peers is not None:
+                self.send(self.peers.exchange, Unsubscribe(token))
+        for corr, (pfd, _) in list(self.pending.items()):
+            if pfd == fd:
+                del self.pending[corr]
+        with contextlib.suppress(OSError):
+            conn.sock.close()
+
+    # -- replies and events -----------------------------------------------------------------------------
+    def on_Answer(self, msg: Answer, sender: Any) -> None:
+        target = self.pending.pop(msg.corr, None)
+        if target is not None:
+            self._reply(*target, msg.body)
+        self._rewatch()
+
+    def on_Delivery(self, msg: Delivery, sender: Any) -> None:
+        target = self.streams.get(msg.token)
+        if target is None:
+            if self.peers is not None:
+                self.send(self.peers.exchange, Unsubscribe(msg.token))
+            return
+        fd, req_id = target
+        self._write(fd, {"id": req_id, "event": msg.envelope.to_wire()})
+        self._rewatch()
+
+    def _reply(self, fd: int, req_id: int, body: Any) -> None:
+        if isinstance(body, ErrorReply):
+            frame = {"id": req_id, "error": {"category": body.category, "message": body.message}}
+        else:
+            frame = {"id": req_id, "result": gp.to_result(body)}
+        self._write(fd, frame)
+
+    def _write(self, fd: int, frame: dict[str, Any]) -> None:
+        conn = self.conns.get(fd)
+        if conn is None:
+            return
+        try:
+            conn.outbuf += wire.encode(frame)
+        except wire.ProtocolError as exc:
+            conn.outbuf += wire.encode(
+                {"id": frame.get("id"), "error": {"category": "internal", "message": str(exc)}}
+            )
+        self._flush(fd)
+
+    def _flush(self, fd: int) -> None:
+        conn = self.conns.get(fd)
+        if conn is None:
+            return
+        while conn.outbuf:
+            try:
+                n = conn.sock.send(conn.outbuf)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if exc.errno != errno.EAGAIN:
+                    self._close(fd)
+                    return
+                break
+            del conn.outbuf[:n]
+        if len(conn.outbuf) > MAX_BACKLOG:
+            self.log.warning("gateway_slow_client_dropped", backlog=len(conn.outbuf))
+            self._close(fd)
+        elif conn.outbuf and not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.wakeupAfter(0.02, payload="flush")
+
+    def on_WakeupMessage(self, msg: Any, sender: Any) -> None:
+        if msg.payload == "flush":
+            self.flush_scheduled = False
+            for fd in list(self.conns):
+                self._flush(fd)
+        self._rewatch()
+
+    def on_ActorExitRequest(self, msg: Any, sender: Any) -> None:
+        for fd in list(self.conns):
+            self._close(fd)
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+        self.watched = []

@@ -1,0 +1,139 @@
+"""The Gateway's wire protocol: what a client may ask, as msgpack maps, and what it gets back.
+
+Framing is ``actors.wire``'s (4-byte length + msgpack map).  A request is
+``{"id": int, "method": str, "params": map}``; the reply is
+``{"id": int, "result": map}`` or ``{"id": int, "error": {"category", "message"}}``.
+``events.subscribe`` answers ``{"subscribed": true}`` and then streams
+``{"id": int, "event": envelope}`` frames on the same connection until it closes.
+
+``to_message`` turns a request into the actor message (and says which actor
+takes it); ``to_result`` turns the actor's reply into the result map.  Both the
+Gateway and the Python client import this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any, Final
+
+from actors.errdefs import InvalidArgument
+from actors.messages import (
+    TASK_OPS,
+    ContainerList,
+    ContainerReply,
+    CreateContainer,
+    CreateTask,
+    DeleteContainer,
+    GetContainer,
+    Health,
+    HealthReply,
+    ListContainers,
+    ListTasks,
+    Ok,
+    Stdio,
+    Subscribed,
+    TaskInfo,
+    TaskList,
+    TaskReply,
+    TaskRequest,
+    UpdateContainer,
+)
+
+__all__ = ["VERSION", "METHODS", "to_message", "to_result", "SUBSCRIBE", "HEALTH"]
+
+VERSION: Final = 1
+SUBSCRIBE: Final = "events.subscribe"
+HEALTH: Final = "health"
+METHODS: Final = frozenset(
+    {"containers.create", "containers.get", "containers.list", "containers.update", "containers.delete",
+     "tasks.create", "tasks.list", SUBSCRIBE, HEALTH} | {f"tasks.{op}" for op in TASK_OPS}
+)  # fmt: skip
+
+
+def _str(params: dict[str, Any], key: str, default: str | None = None) -> str:
+    value = params.get(key, default)
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{key} must be a string")
+    return value
+
+
+def _strings(params: dict[str, Any], key: str) -> tuple[str, ...]:
+    value = params.get(key, [])
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise InvalidArgument(f"{key} must be a list of strings")
+    return tuple(value)
+
+
+def _labels(params: dict[str, Any]) -> dict[str, str] | None:
+    value = params.get("labels")
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise InvalidArgument("labels must be a map of strings")
+    return dict(value)
+
+
+def to_message(method: str, params: dict[str, Any]) -> tuple[str, Any]:
+    """(target actor role, message) for a request; InvalidArgument for anything malformed."""
+    if method not in METHODS:
+        raise InvalidArgument(f"unknown method {method!r}")
+    if method == SUBSCRIBE:
+        raise InvalidArgument("events.subscribe is handled by the Gateway itself")
+    ns = _str(params, "namespace", "")
+    if method == "containers.create":
+        record = {
+            "namespace": ns, "id": _str(params, "id", ""), "labels": _labels(params) or {},
+            "image": _str(params, "image", ""), "runtime_name": _str(params, "runtime", "runc"),
+            "runtime_options": {}, "spec": params.get("spec"), "rootfs": _str(params, "rootfs", ""),
+            "snapshot_key": "", "extensions": {},
+        }  # fmt: skip
+        if not isinstance(record["spec"], dict):
+            raise InvalidArgument("spec must be a map (an OCI runtime spec)")
+        return "metadata", CreateContainer(record)
+    if method == "containers.get":
+        return "metadata", GetContainer(ns, _str(params, "id", ""))
+    if method == "containers.list":
+        return "metadata", ListContainers(ns, _strings(params, "filters"))
+    if method == "containers.update":
+        return "metadata", UpdateContainer(ns, _str(params, "id", ""), labels=_labels(params),
+                                           fieldpaths=_strings(params, "fieldpaths"))  # fmt: skip
+    if method == "containers.delete":
+        return "runtime", DeleteContainer(ns, _str(params, "id", ""))
+    if method == "tasks.create":
+        terminal = params.get("terminal", False)
+        if not isinstance(terminal, bool):
+            raise InvalidArgument("terminal must be a boolean")
+        stdio = Stdio(
+            _str(params, "stdin", ""), _str(params, "stdout", ""), _str(params, "stderr", ""), terminal
+        )
+        return "runtime", CreateTask(ns, _str(params, "id", ""), stdio)
+    if method == "tasks.list":
+        return "runtime", ListTasks(ns or None)
+    if method == HEALTH:
+        return "supervisor", Health()
+    op = method.split(".", 1)[1]
+    rest = {k: v for k, v in params.items() if k not in ("namespace", "id")}
+    return "runtime", TaskRequest(ns, _str(params, "id", ""), op, rest)
+
+
+def to_result(reply: Any) -> dict[str, Any]:
+    """The result map for an actor's reply."""
+    if isinstance(reply, ContainerReply):
+        return {"container": reply.record}
+    if isinstance(reply, ContainerList):
+        return {"containers": list(reply.records)}
+    if isinstance(reply, TaskInfo):
+        return {"task": asdict(reply)}
+    if isinstance(reply, TaskList):
+        return {"tasks": [asdict(t) for t in reply.tasks]}
+    if isinstance(reply, TaskReply):
+        return dict(reply.result)
+    if isinstance(reply, HealthReply):
+        return {"ready": list(reply.ready), "tasks": reply.tasks}
+    if isinstance(reply, Subscribed):
+        return {"subscribed": True}
+    if isinstance(reply, Ok):
+        return {}
+    return {"value": repr(reply)}

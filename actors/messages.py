@@ -1,0 +1,308 @@
+"""Every message that crosses an actor boundary, in one place.
+
+Messages are frozen, slotted dataclasses of plain values (they are pickled by
+Thespian and, at the Gateway, built from msgpack maps).  Requests are wrapped
+in ``Ask`` (a correlation id and the address to answer); the answer is an
+``Answer`` carrying either the request's one reply type or an ``ErrorReply``
+with an errdefs category.  Exceptions never cross an actor boundary.
+
+Grouped by the actor that receives them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# -- envelopes --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """A request with its correlation id; ``reply_to`` is kept when an actor forwards it."""
+
+    corr: int
+    body: Any
+    reply_to: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    corr: int
+    body: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    category: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ok:
+    pass
+
+
+# -- Supervisor -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Boot:
+    """From the daemon: build the actor tree with this configuration (a Config)."""
+
+    config: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Booted:
+    admin_pid: int
+    pgid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Peers:
+    """From the Supervisor to every child: the current addresses of the others."""
+
+    runtime: Any
+    metadata: Any
+    exchange: Any
+    monitor: Any
+    gateway: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Configure:
+    config: Any
+    peers: Peers
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """A child tells the Supervisor it is serving (the Gateway: its socket listens)."""
+
+    role: str
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReply:
+    ready: tuple[str, ...]
+    tasks: int
+
+
+# -- Exchange -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    timestamp: float
+    namespace: str
+    topic: str
+    event: dict[str, Any]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "timestamp": self.timestamp,
+            "namespace": self.namespace,
+            "topic": self.topic,
+            "event": self.event,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    envelope: Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Subscribe the sender (or ``subscriber``) to envelopes matching any of ``filters``."""
+
+    token: str
+    filters: tuple[str, ...] = ()
+    subscriber: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribed:
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """An envelope for one subscription."""
+
+    token: str
+    envelope: Envelope
+
+
+# -- MetadataActor ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CreateContainer:
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class GetContainer:
+    namespace: str
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListContainers:
+    namespace: str
+    filters: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateContainer:
+    namespace: str
+    id: str
+    labels: dict[str, str] | None = None
+    image: str | None = None
+    fieldpaths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteContainer:
+    namespace: str
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerReply:
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerList:
+    records: tuple[dict[str, Any], ...]
+
+
+# -- MonitorActor -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Monitor:
+    namespace: str
+    id: str
+    pid: int
+    cgroups_path: str
+
+
+@dataclass(frozen=True, slots=True)
+class StopMonitor:
+    namespace: str
+    id: str
+
+
+# -- RuntimeActor (and forwarded to TaskActors) ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Stdio:
+    stdin: str = ""
+    stdout: str = ""
+    stderr: str = ""
+    terminal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CreateTask:
+    namespace: str
+    id: str
+    stdio: Stdio = field(default_factory=Stdio)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRequest:
+    """Any call on an existing task; ``op`` is one of TASK_OPS, ``params`` its arguments."""
+
+    namespace: str
+    id: str
+    op: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+TASK_OPS = frozenset(
+    {
+        "start", "kill", "exec", "pids", "pause", "resume", "state", "wait", "close_io",
+        "resize_pty", "update", "checkpoint", "delete", "metrics",
+    }
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ListTasks:
+    namespace: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInfo:
+    namespace: str
+    id: str
+    pid: int
+    status: str
+    exit_status: int
+    exited_at: float
+    shim_pid: int
+    bundle: str
+    created_at: float
+    actor_pid: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TaskList:
+    tasks: tuple[TaskInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskReply:
+    """The result of a TaskRequest: the shim's reply, as a map."""
+
+    result: dict[str, Any]
+
+
+# -- inside the runtime: RuntimeActor <-> TaskActor ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSetup:
+    """RuntimeActor -> new TaskActor: own this bundle; ``restore`` = reconnect to a running shim."""
+
+    namespace: str
+    id: str
+    bundle: str
+    restore: bool
+    config: Any
+    peers: Peers
+    runtime_name: str = "runc"
+    rootfs: str = ""
+    create: Ask | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskReady:
+    """TaskActor -> RuntimeActor: the task's facts once its shim reported them."""
+
+    info: TaskInfo
+
+
+@dataclass(frozen=True, slots=True)
+class TaskGone:
+    """TaskActor -> RuntimeActor: the task was deleted (or cleaned up after a dead shim); drop it."""
+
+    namespace: str
+    id: str
+    reason: str

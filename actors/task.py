@@ -1,0 +1,501 @@
+"""TaskActor: one per container; owns that container's shim.
+
+It starts the shim (or, on restore, reconnects to it), forwards task calls to
+it, turns shim events into envelopes on the Exchange, and watches two fds with
+ThespianWatch: an eventfd the shim connection's reader pokes on every event,
+and the shim's pidfd (which works for a process that is not our child, so it
+works after a daemon restart too).
+
+A shim death (its pidfd readable, or its connection gone and the pid gone) is
+handled as the seed's ``cleanupAfterDeadShim``: stop the monitor, delete the
+container with the runtime under the namespace's root, unmount the rootfs,
+publish /tasks/exit (the status the shim recorded in the bundle if the
+container had exited, else 137), delete the bundle, publish /tasks/delete,
+tell the RuntimeActor, exit.  Exactly once: our own delete or shutdown of a
+shim is not a death, and what was published is remembered in the bundle so a
+restored TaskActor never publishes it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Final
+
+import psutil
+from thespian.actors import ActorExitRequest
+
+from actors._actor import ContactorActor, error_reply
+from actors.bundle import delete_bundle, write_atomic
+from actors.cgroups import remove_empty_parents
+from actors.errdefs import ContactorError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from actors.events import envelope
+from actors.messages import (
+    Answer,
+    Ask,
+    CreateTask,
+    ErrorReply,
+    Monitor,
+    Peers,
+    Publish,
+    StopMonitor,
+    TaskGone,
+    TaskInfo,
+    TaskReady,
+    TaskReply,
+    TaskRequest,
+    TaskSetup,
+)
+from actors.mount import unmount_all
+from actors.shim.client import DEFAULT_SHIM, ShimClient, start_shim
+
+__all__ = ["TaskActor", "DEAD_SHIM_STATUS"]
+
+DEAD_SHIM_STATUS: Final = 128 + 9
+FORWARDED: Final = frozenset({"exec", "pids", "state", "close_io", "resize_pty", "update"})
+
+
+def shim_command(name: str) -> list[str]:
+    """The configured shim program, on PATH or beside this interpreter; else ``python -m actors.shim``."""
+    import sys
+
+    found = shutil.which(name) or shutil.which(name, path=os.path.dirname(sys.executable))
+    return [found] if found else list(DEFAULT_SHIM)
+
+
+def is_our_shim(pid: int, bundle: str) -> bool:
+    """True if ``pid`` is alive and is the shim of ``bundle`` (a reused pid is never taken for it)."""
+    try:
+        cmdline = psutil.Process(pid).cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+    return "--bundle" in cmdline and bundle in cmdline and any("shim" in part for part in cmdline[:3])
+
+
+class TaskActor(ContactorActor):
+    role = "task"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.setup: TaskSetup | None = None
+        self.peers: Peers | None = None
+        self.client: ShimClient | None = None
+        self.notify_fd = -1
+        self.pidfd = -1
+        self.shim_pid = 0
+        self.info: TaskInfo | None = None
+        self.waiters: dict[str, list[tuple[Ask, Any]]] = {}
+        self.state: dict[str, Any] = {"seq": 0, "exit_published": False, "created_at": time.time()}
+        self.closing = False  # we are deleting or shutting the shim down ourselves
+        self.gone = False
+
+    # -- set-up -----------------------------------------------------------------------------------------
+    def on_TaskSetup(self, msg: TaskSetup, sender: Any) -> None:
+        self.setup, self.peers = msg, msg.peers
+        self.log = self.log.bind(namespace=msg.namespace, id=msg.id)
+        self.runtime_parent = sender
+        if msg.restore:
+            self._restore()
+        else:
+            assert msg.create is not None
+            self._create(msg.create, msg.create.reply_to)
+
+    @property
+    def bundle(self) -> Path:
+        assert self.setup is not None
+        return Path(self.setup.bundle)
+
+    def _runtime_root(self) -> str:
+        assert self.setup is not None
+        return str(Path(self.setup.config.runtime_root) / self.setup.namespace)
+
+    def _save_state(self) -> None:
+        with contextlib.suppress(OSError):
+            write_atomic(self.bundle / "task.json", json.dumps(self.state).encode())
+
+    def _connect(self, since: int | None) -> None:
+        assert self.setup is not None
+        self.notify_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.client = ShimClient(str(self.bundle / "shim.sock"), notify_fd=self.notify_fd)
+        self.pidfd = os.pidfd_open(self.shim_pid)
+        self.watched = [self.notify_fd, self.pidfd]
+        self.client.subscribe(since=since)
+
+    def _create(self, ask: Ask, reply_to: Any) -> None:
+        setup = self.setup
+        assert setup is not None and isinstance(ask.body, CreateTask)
+        cfg = setup.config
+        stdio = ask.body.stdio
+        try:
+            handle = start_shim(
+                setup.namespace, setup.id, str(self.bundle), self._runtime_root(),
+                runtime=setup.runtime_name, shim=shim_command(cfg.runtime.shim), debug=cfg.runtime.shim_debug,
+            )  # fmt: skip
+            self.shim_pid = handle.pid
+            self._connect(since=0)
+            assert self.client is not None
+            params: dict[str, Any] = {"stdin": stdio.stdin, "stdout": stdio.stdout, "stderr": stdio.stderr,
+                                      "terminal": stdio.terminal}  # fmt: skip
+            if setup.rootfs:
+                params["rootfs"] = [{"type": "bind", "source": setup.rootfs, "options": ["rbind"]}]
+            pid = int(self.client.call("create", **params)["pid"])
+        except Exception as exc:
+            self.log.warning("task_create_failed", error=str(exc))
+            self._abandon_create()
+            self.send(reply_to, Answer(ask.corr, error_reply(exc)))
+            return
+        self._save_state()
+        self.info = self._make_info(pid, "created")
+        io = {
+            "stdin": stdio.stdin,
+            "stdout": stdio.stdout,
+            "stderr": stdio.stderr,
+            "terminal": stdio.terminal,
+        }
+        self._publish("/tasks/create", {"container_id": setup.id, "bundle": str(self.bundle), "rootfs": [],
+                                        "io": io, "checkpoint": "", "pid": pid})  # fmt: skip
+        self._monitor(pid)
+        self.send(self.runtime_parent, TaskReady(self.info))
+        self.send(reply_to, Answer(ask.corr, self.info))
+        self.log.info("task_created", pid=pid, shim_pid=self.shim_pid)
+
+    def _abandon_create(self) -> None:
+        """A create that failed leaves nothing: shim down, bundle gone, task dropped."""
+        self.closing = True
+        if self.client is not None:
+            with contextlib.suppress(ContactorError):
+                self.client.call("shutdown", call_timeout=30, force=True)
+        self._wait_shim_gone(10)
+        self._close_fds()
+        with contextlib.suppress(Exception):
+            self._cleanup_runtime_state()
+        with contextlib.suppress(Exception):
+            delete_bundle(self.bundle)
+        self._leave("create failed")
+
+    def _restore(self) -> None:
+        setup = self.setup
+        assert setup is not None
+        with contextlib.suppress(OSError, ValueError):
+            self.state.update(json.loads((self.bundle / "task.json").read_text()))
+        try:
+            self.shim_pid = int((self.bundle / "shim.pid").read_text())
+        except (OSError, ValueError):
+            self.shim_pid = 0
+        if not self.shim_pid or not is_our_shim(self.shim_pid, str(self.bundle)):
+            self.log.warning("restore_found_dead_shim", shim_pid=self.shim_pid)
+            self._cleanup_after_dead_shim()
+            return
+        try:
+            self._connect(since=int(self.state.get("seq", 0)))
+            assert self.client is not None
+            st = self.client.call("state")
+        except ContactorError as exc:
+            self.log.warning("restore_connect_failed", error=str(exc))
+            self._close_fds()
+            if is_our_shim(self.shim_pid, str(self.bundle)):
+                # Alive but not answering: leave it to a later restore rather than kill a container.
+                self._leave("shim not answering")
+                return
+            self._cleanup_after_dead_shim()
+            return
+        self.info = self._make_info(
+            int(st["pid"]), str(st["status"]), int(st["exit_status"]), float(st["exited_at"])
+        )
+        if st["status"] in ("running", "paused", "created"):
+            self._monitor(int(st["pid"]))
+        self.send(self.runtime_parent, TaskReady(self.info))
+        self.log.info("task_restored", pid=self.info.pid, status=self.info.status, shim_pid=self.shim_pid)
+        self._drain_events()
+
+    def _make_info(self, pid: int, status: str, exit_status: int = -1, exited_at: float = 0.0) -> TaskInfo:
+        setup = self.setup
+        assert setup is not None
+        return TaskInfo(setup.namespace, setup.id, pid, status, exit_status, exited_at, self.shim_pid,
+                        str(self.bundle), float(self.state.get("created_at", 0.0)), os.getpid())  # fmt: skip
+
+    def _update_info(self, **changes: Any) -> None:
+        if self.info is None:
+            return
+        from dataclasses import replace
+
+        self.info = replace(self.info, **changes)
+        self.send(self.runtime_parent, TaskReady(self.info))
+
+    # -- events from the shim, and its death --------------------------------------------------------------
+    def on_WatchMessage(self, msg: Any, sender: Any) -> None:
+        if self.notify_fd in msg.ready:
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.eventfd_read(self.notify_fd)
+            self._drain_events()
+        lost = self.pidfd in msg.ready or (self.client is not None and self.client.closed.is_set())
+        if not lost or self.closing or self.gone:
+            return
+        # Death is EOF plus a readable pidfd; a dropped connection to a live shim is re-made.
+        if self.pidfd in msg.ready or self._wait_shim_gone(2):
+            self._drain_events()
+            self._cleanup_after_dead_shim()
+        else:
+            self.log.warning("shim_connection_lost_reconnecting", shim_pid=self.shim_pid)
+            self._close_fds()
+            try:
+                self._connect(since=int(self.state.get("seq", 0)))
+            except ContactorError:
+                self._cleanup_after_dead_shim() if self._wait_shim_gone(2) else None
+
+    def _drain_events(self) -> None:
+        client = self.client
+        if client is None:
+            return
+        while True:
+            try:
+                frame = client.events.get_nowait()
+            except Exception:
+                return
+            self._on_shim_event(frame)
+
+    def _on_shim_event(self, frame: dict[str, Any]) -> None:
+        setup = self.setup
+        assert setup is not None
+        kind, data, seq = frame.get("event"), frame.get("data") or {}, int(frame.get("seq", 0))
+        if seq and seq <= int(self.state.get("seq", 0)):
+            return  # already handled before a restart
+        if kind == "exit":
+            is_init = data.get("id") == setup.id
+            record = {"container_id": setup.id, "id": data.get("id"), "pid": data.get("pid"),
+                      "exit_status": data.get("exit_status"), "exited_at": data.get("exited_at")}  # fmt: skip
+            if is_init:
+                if not self.state.get("exit_published"):
+                    self._publish("/tasks/exit", record, timestamp=data.get("exited_at"))
+                    self.state["exit_published"] = True
+                self._update_info(status="stopped", exit_status=int(data.get("exit_status", -1)),
+                                  exited_at=float(data.get("exited_at", 0.0)))  # fmt: skip
+            else:
+                self._publish("/tasks/exit", record, timestamp=data.get("exited_at"))
+            self._answer_waiters("" if is_init else str(data.get("id")), data)
+        elif kind == "exec_added":
+            self._publish("/tasks/exec-added", {"container_id": setup.id, "exec_id": data.get("exec_id")})
+        elif kind == "exec_started":
+            self._publish(
+                "/tasks/exec-started",
+                {"container_id": setup.id, "exec_id": data.get("exec_id"), "pid": data.get("pid")},
+            )
+        elif kind == "oom":
+            self._publish("/tasks/oom", {"container_id": setup.id})
+        if seq:
+            self.state["seq"] = seq
+            self._save_state()
+
+    def _answer_waiters(self, exec_id: str, data: dict[str, Any]) -> None:
+        result = {
+            "pid": data.get("pid"),
+            "exit_status": data.get("exit_status"),
+            "exited_at": data.get("exited_at"),
+        }
+        for ask, sender in self.waiters.pop(exec_id, []):
+            self.answer(ask, sender, TaskReply(result))
+
+    def _wait_shim_gone(self, timeout: float) -> bool:
+        if not self.shim_pid:
+            return True
+        if self.pidfd >= 0:
+            return bool(select.select([self.pidfd], [], [], timeout)[0])
+        try:
+            fd = os.pidfd_open(self.shim_pid)
+        except ProcessLookupError:
+            return True
+        try:
+            return bool(select.select([fd], [], [], timeout)[0])
+        finally:
+            os.close(fd)
+
+    def _cleanup_runtime_state(self) -> None:
+        """``runc delete --force`` under this namespace's root (never the runtime's default root)."""
+        setup = self.setup
+        assert setup is not None
+        binary = shutil.which(setup.runtime_name) or setup.runtime_name
+        subprocess.run([binary, "--root", self._runtime_root(), "delete", "--force", setup.id],
+                       capture_output=True, timeout=60, check=False)  # fmt: skip
+
+    def _cleanup_after_dead_shim(self) -> None:
+        setup = self.setup
+        assert setup is not None
+        self.log.warning("cleanup_after_dead_shim", shim_pid=self.shim_pid)
+        self.closing = True
+        self._close_fds()
+        self._stop_monitor()
+        pid, status, exited_at = 0, DEAD_SHIM_STATUS, time.time()
+        with contextlib.suppress(OSError, ValueError):
+            pid = int((self.bundle / "init.pid").read_text())
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            # The container exited before its shim died: its real status, not an invented one.
+            record = json.loads((self.bundle / "init.exit").read_text())
+            status, exited_at = int(record["exit_status"]), float(record["exited_at"])
+        try:
+            self._cleanup_runtime_state()
+        except Exception as exc:
+            self.log.error("runtime_delete_failed", error=str(exc))
+        try:
+            unmount_all(str(self.bundle / "rootfs"))
+        except OSError as exc:
+            self.log.error("rootfs_unmount_failed", error=str(exc))
+        event = {
+            "container_id": setup.id,
+            "id": setup.id,
+            "pid": pid,
+            "exit_status": status,
+            "exited_at": exited_at,
+        }
+        if not self.state.get("exit_published"):
+            self._publish("/tasks/exit", event)
+            self.state["exit_published"] = True
+            self._save_state()
+        self._answer_waiters("", event)
+        self._fail_waiters("the task's shim died")
+        try:
+            delete_bundle(self.bundle)
+        except Exception as exc:
+            self.log.error("bundle_delete_failed", error=str(exc))
+        self._remove_cgroup_parents()
+        self._publish("/tasks/delete", {**event, "id": ""})
+        self._leave("shim died")
+
+    def _fail_waiters(self, why: str) -> None:
+        for waiters in self.waiters.values():
+            for ask, sender in waiters:
+                self.answer(ask, sender, ErrorReply("unavailable", why))
+        self.waiters.clear()
+
+    def _remove_cgroup_parents(self) -> None:
+        setup = self.setup
+        assert setup is not None
+        parent = str(setup.config.cgroups.parent).rstrip("/")
+        with contextlib.suppress(Exception):
+            remove_empty_parents(f"{parent}/{setup.namespace}/{setup.id}", keep=parent.count("/"))
+
+    def _leave(self, reason: str) -> None:
+        setup = self.setup
+        assert setup is not None
+        self.gone = True
+        self.watched = []
+        self.send(self.runtime_parent, TaskGone(setup.namespace, setup.id, reason))
+        self.send(self.myAddress, ActorExitRequest())
+
+    def _close_fds(self) -> None:
+        self.watched = []
+        if self.client is not None:
+            self.client.close()
+        for fd in (self.notify_fd, self.pidfd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.notify_fd = self.pidfd = -1
+
+    def _publish(self, topic: str, event: dict[str, Any], timestamp: float | None = None) -> None:
+        setup, peers = self.setup, self.peers
+        assert setup is not None and peers is not None
+        self.send(peers.exchange, Publish(envelope(setup.namespace, topic, event, timestamp)))
+
+    def _monitor(self, pid: int) -> None:
+        setup, peers = self.setup, self.peers
+        assert setup is not None and peers is not None
+        cg = f"{str(setup.config.cgroups.parent).rstrip('/')}/{setup.namespace}/{setup.id}"
+        self.send(peers.monitor, Monitor(setup.namespace, setup.id, pid, cg))
+
+    def _stop_monitor(self) -> None:
+        setup, peers = self.setup, self.peers
+        assert setup is not None and peers is not None
+        self.send(peers.monitor, StopMonitor(setup.namespace, setup.id))
+
+    def on_Peers(self, msg: Peers, sender: Any) -> None:
+        self.peers = msg
+
+    # -- requests -------------------------------------------------------------------------------------------
+    def ask_TaskRequest(self, msg: TaskRequest, ask: Ask, sender: Any) -> Any:
+        if self.client is None or self.gone:
+            raise Unavailable(f"task {msg.id} is not available")
+        op, params = msg.op, dict(msg.params)
+        exec_id = str(params.get("exec_id", ""))
+        if op == "wait":
+            st = self.client.call("state", exec_id=exec_id)
+            if st["status"] in ("stopped", "deleted"):
+                return TaskReply(
+                    {"pid": st["pid"], "exit_status": st["exit_status"], "exited_at": st["exited_at"]}
+                )
+            self.waiters.setdefault(exec_id, []).append((ask, sender))
+            return None
+        if op == "delete":
+            return self._delete(params, exec_id)
+        if op == "metrics":
+            raise Unavailable("metrics are not available yet")
+        if op in FORWARDED:
+            return TaskReply(self.client.call(op, **params))
+        if op == "start":
+            result = self.client.call("start", **params)
+            if not exec_id:
+                self._update_info(status="running")
+                self._publish("/tasks/start", {"container_id": msg.id, "pid": result.get("pid")})
+            return TaskReply(result)
+        if op == "kill":
+            return TaskReply(self.client.call("kill", **params))
+        if op in ("pause", "resume"):
+            result = self.client.call(op)
+            self._update_info(status="paused" if op == "pause" else "running")
+            self._publish(f"/tasks/{op}d", {"container_id": msg.id})
+            return TaskReply(result)
+        if op == "checkpoint":
+            result = self.client.call("checkpoint", **params)
+            self._publish(
+                "/tasks/checkpointed", {"container_id": msg.id, "checkpoint": params.get("image_path", "")}
+            )
+            return TaskReply(result)
+        raise InvalidArgument(f"unknown task operation {op!r}")
+
+    def _delete(self, params: dict[str, Any], exec_id: str) -> TaskReply:
+        assert self.client is not None and self.setup is not None
+        if exec_id:
+            return TaskReply(self.client.call("delete", exec_id=exec_id))
+        force = bool(params.get("force", False))
+        st = self.client.call("state")
+        if st["status"] in ("running", "paused"):
+            if not force:
+                raise FailedPrecondition(f"task must be stopped before deletion: {st['status']}")
+            self.client.call("kill", signal=9, all=True)
+            if st["status"] == "paused":
+                self.client.call("resume")
+            self.client.call("wait", timeout=30)
+            self._drain_events()
+        self.closing = True
+        try:
+            result = self.client.call("delete")
+        except NotFound:
+            result = {"pid": st["pid"], "exit_status": st["exit_status"], "exited_at": st["exited_at"]}
+        except ContactorError:
+            self.closing = False
+            raise
+        self._drain_events()
+        self._stop_monitor()
+        with contextlib.suppress(ContactorError):
+            self.client.call("shutdown", call_timeout=30)
+        if not self._wait_shim_gone(10):
+            self.log.error("shim_did_not_exit_after_shutdown", shim_pid=self.shim_pid)
+        self._close_fds()
+        delete_bundle(self.bundle)
+        self._remove_cgroup_parents()
+        event = {"container_id": self.setup.id, "pid": result.get("pid"), "exit_status": result.get("exit_status"),
+                 "exited_at": result.get("exited_at"), "id": ""}  # fmt: skip
+        self._publish("/tasks/delete", event)
+        self._fail_waiters("the task was deleted")
+        self._leave("deleted")
+        return TaskReply(result)
+
+    def on_ActorExitRequest(self, msg: Any, sender: Any) -> None:
+        # Stopping the daemon never touches shims or containers: only let go of the connection.
+        self._fail_waiters("the daemon is stopping")
+        self._close_fds()
