@@ -1,0 +1,211 @@
+"""The daemon under faults: dead shims, dead actors, a dead daemon; events in order; one daemon per state dir."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from conftest import REPO, Daemon, pid_alive, wait_for, wait_pid_gone
+
+from actors.client import Client
+from actors.errdefs import EXIT_CODES
+from actors.spec import default_spec
+
+
+class Recorder:
+    """Collects events from a subscription in a thread."""
+
+    def __init__(self, d: Daemon, filters: tuple[str, ...] = ()) -> None:
+        self.client = d.client()
+        self.events: list[dict[str, Any]] = []
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(filters,), daemon=True)
+        self.thread.start()
+        # The subscription is in place once a probe event of ours comes through.
+        self.ready.wait(10)
+
+    def _run(self, filters: tuple[str, ...]) -> None:
+        it = self.client.events(filters)
+        self.ready.set()
+        try:
+            for env in it:
+                self.events.append(env)
+        except Exception:
+            return
+
+    def of(self, cid: str) -> list[tuple[str, dict[str, Any]]]:
+        return [(e["topic"], e["event"]) for e in self.events if e["event"].get("container_id") == cid]
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def make(c: Client, rootfs: Path, cid: str, args: list[str]) -> None:
+    spec = default_spec(args, hostname=cid, cgroups_path=f"/contactor/{c.namespace}/{cid}")
+    c.create_container(cid, spec, rootfs=str(rootfs))
+
+
+def run(c: Client, rootfs: Path, cid: str, args: list[str]) -> int:
+    make(c, rootfs, cid, args)
+    c.create_task(cid)
+    return c.start(cid)
+
+
+def test_events_of_one_task_arrive_in_order(daemon: Daemon, rootfs: Path) -> None:
+    rec = Recorder(daemon)
+    with daemon.client() as c:
+        time.sleep(0.2)  # let the subscription reach the Exchange
+        pid = run(c, rootfs, "ev1", ["/bin/sh", "-c", "exit 3"])
+        assert c.wait("ev1")["exit_status"] == 3
+        c.delete_task("ev1")
+        wait_for(lambda: any(t == "/tasks/delete" for t, _ in rec.of("ev1")), 30, "the delete event")
+    events = rec.of("ev1")
+    assert [t for t, _ in events] == ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"]
+    assert all(e["pid"] == pid for _, e in events)
+    assert events[2][1]["exit_status"] == 3 and events[3][1]["exit_status"] == 3
+    rec.close()
+
+
+def test_shim_sigkill_gives_one_exit_and_one_delete_and_leaves_nothing(daemon: Daemon, rootfs: Path) -> None:
+    rec = Recorder(daemon, ('topic~="^/tasks/"',))
+    with daemon.client() as c:
+        time.sleep(0.2)
+        pid = run(c, rootfs, "victim", ["/bin/sleep", "1000"])
+        task = next(t for t in c.list_tasks() if t.id == "victim")
+        os.kill(task.shim_pid, signal.SIGKILL)
+        wait_for(lambda: not [t for t in c.list_tasks() if t.id == "victim"], 30, "the task to go")
+        wait_for(lambda: any(t == "/tasks/delete" for t, _ in rec.of("victim")), 30, "the delete event")
+        time.sleep(0.5)  # any duplicate would arrive now
+        topics = [t for t, _ in rec.of("victim")]
+        assert topics.count("/tasks/exit") == 1 and topics.count("/tasks/delete") == 1
+        exit_event = next(e for t, e in rec.of("victim") if t == "/tasks/exit")
+        assert (exit_event["pid"], exit_event["exit_status"]) == (pid, 137)
+        assert wait_pid_gone(pid, 10), "the container's processes are gone"
+        assert not Path(task.bundle).exists()
+        runtime_root = daemon.state / "runc" / daemon.namespace
+        assert subprocess.run(["runc", "--root", str(runtime_root), "state", "victim"],
+                              capture_output=True).returncode != 0  # fmt: skip
+        assert not any(task.bundle in line for line in Path("/proc/self/mountinfo").read_text().splitlines())
+        assert [r["id"] for r in c.list_containers()] == ["victim"], "the container record remains"
+        pid2 = run(c, rootfs, "after", ["/bin/true"])
+        assert pid2 > 0 and c.wait("after")["exit_status"] == 0
+        c.delete_task("after")
+    rec.close()
+
+
+def test_a_killed_task_actor_is_replaced_and_the_container_does_not_notice(
+    daemon: Daemon, rootfs: Path
+) -> None:
+    with daemon.client() as c:
+        pid = run(c, rootfs, "steady", ["/bin/sleep", "1000"])
+        before = next(t for t in c.list_tasks() if t.id == "steady")
+        os.kill(before.actor_pid, signal.SIGKILL)
+
+        def replaced() -> bool:
+            now = [t for t in c.list_tasks() if t.id == "steady"]
+            return bool(now) and now[0].actor_pid not in (0, before.actor_pid)
+
+        wait_for(replaced, 30, "a new TaskActor")
+        assert pid_alive(pid) and pid_alive(before.shim_pid)
+        after = next(t for t in c.list_tasks() if t.id == "steady")
+        assert (after.pid, after.status, after.shim_pid) == (pid, "running", before.shim_pid)
+        c.exec("steady", "x", ["/bin/sh", "-c", "exit 4"])
+        c.start("steady", "x")
+        assert c.wait("steady", exec_id="x")["exit_status"] == 4
+        c.kill("steady", 9)
+        assert c.wait("steady")["exit_status"] == 137
+        c.delete_task("steady")
+
+
+def test_daemon_killed_with_ten_tasks_restores_them_with_real_exit_statuses(
+    daemon: Daemon, rootfs: Path
+) -> None:
+    statuses = {"r0": 7, "r1": 9}
+    with daemon.client() as c:
+        pids = {}
+        for i in range(10):
+            cid = f"r{i}"
+            # r0 and r1 exit with a status of their own when told to (USR1), the others sleep.
+            script = (
+                f"trap 'exit {statuses[cid]}' USR1; while true; do sleep 0.1; done"
+                if cid in statuses
+                else "sleep 1000"
+            )
+            pids[cid] = run(c, rootfs, cid, ["/bin/sh", "-c", script])
+        shims = {t.id: t.shim_pid for t in c.list_tasks()}
+    daemon.kill_all()
+    assert all(pid_alive(p) for p in shims.values()), "shims survive the daemon"
+    for cid in statuses:
+        os.kill(pids[cid], signal.SIGUSR1)  # exits while no daemon is running
+    wait_for(lambda: not any(pid_alive(pids[cid]) for cid in statuses), 30, "two exits")
+    daemon.start()
+    with daemon.client() as c:
+        wait_for(lambda: len(c.list_tasks()) == 10, 30, "all ten tasks restored")
+        tasks = {t.id: t for t in c.list_tasks()}
+        running = sorted(cid for cid, t in tasks.items() if t.status == "running")
+        assert running == [f"r{i}" for i in range(2, 10)]
+        for cid, status in statuses.items():
+            assert (tasks[cid].status, tasks[cid].exit_status) == ("stopped", status), (
+                "the real status, not 137"
+            )
+            assert c.wait(cid)["exit_status"] == status
+        assert {cid: t.shim_pid for cid, t in tasks.items()} == shims
+        for cid in tasks:
+            c.delete_task(cid, force=True)
+        assert c.list_tasks() == []
+    assert not any(pid_alive(p) for p in shims.values())
+    restored = [line for line in daemon.log.read_text().splitlines() if '"task_restored"' in line]
+    assert len(restored) == 10
+
+
+def test_a_second_daemon_on_the_same_state_dir_refuses(daemon: Daemon) -> None:
+    r = subprocess.run([sys.executable, "-m", "actors.cli", "--config", str(daemon.config), "daemon"],
+                       capture_output=True, text=True, cwd=REPO, timeout=60)  # fmt: skip
+    assert r.returncode == EXIT_CODES["failed_precondition"]
+    assert "another contactor daemon" in r.stderr
+    with daemon.client() as c:
+        assert "gateway" in c.health()["ready"]
+
+
+def test_daemon_restart_keeps_containers_running(daemon: Daemon, rootfs: Path) -> None:
+    with daemon.client() as c:
+        pid = run(c, rootfs, "keep", ["/bin/sleep", "1000"])
+    daemon.stop()
+    assert pid_alive(pid), "stopping the daemon never touches containers"
+    daemon.start()
+    with daemon.client() as c:
+        wait_for(lambda: [t.status for t in c.list_tasks()] == ["running"], 30, "the task restored")
+        c.kill("keep", 9)
+        assert c.wait("keep")["exit_status"] == 137
+        c.delete_task("keep")
+
+
+def test_the_daemon_process_restarts_a_dead_admin(daemon: Daemon, rootfs: Path) -> None:
+    with daemon.client() as c:
+        pid = run(c, rootfs, "through", ["/bin/sleep", "1000"])
+    pgid = daemon.actor_pgid()
+    assert pgid is not None
+    admin = int(next(line for line in daemon.log.read_text().splitlines() if "daemon_ready" in line)
+                .split('"admin_pid": ')[1].split(",")[0])  # fmt: skip
+    os.kill(admin, signal.SIGKILL)
+    wait_for(lambda: daemon.actor_pgid() not in (None, pgid), 60, "a new actor system")
+
+    def serving() -> bool:
+        try:
+            with daemon.client() as c:
+                return [t.id for t in c.list_tasks()] == ["through"]
+        except Exception:
+            return False
+
+    wait_for(serving, 60, "the restarted daemon to list the task")
+    assert pid_alive(pid)
+    with daemon.client() as c:
+        c.kill("through", 9)
+        c.wait("through")
+        c.delete_task("through")
