@@ -121,8 +121,9 @@ def run(cfg: Config) -> int:
             time.sleep(min(5.0, 0.2 * restarts))
         return 0
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            (state / "actors.pgid").unlink()
+        for leftover in (state / "actors.pgid", Path(cfg.daemon.address)):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
         lock.release()
         log.info("daemon_stopped")
 
