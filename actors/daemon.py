@@ -148,17 +148,24 @@ def _serve_once(cfg: Config, state: Path, stop_r: int, stopping: list[int], log:
         (state / "actors.pgid").write_text(f"{pgid}\n")
         log.info("daemon_ready", admin_pid=booted.admin_pid, pgid=pgid, address=str(cfg.daemon.address),
                  seconds=round(time.monotonic() - started, 3))  # fmt: skip
-        pidfd = os.pidfd_open(booted.admin_pid)
+        # The admin, and the Supervisor that nothing else would restart: either dying restarts all.
+        watched = {
+            os.pidfd_open(booted.admin_pid): "admin",
+            os.pidfd_open(booted.supervisor_pid): "supervisor",
+        }
         try:
             while not stopping:
-                ready, _, _ = select.select([pidfd, stop_r], [], [])
+                ready, _, _ = select.select([*watched, stop_r], [], [])
                 with contextlib.suppress(BlockingIOError):
                     os.read(stop_r, 64)
-                if pidfd in ready:
-                    log.error("actor_system_admin_died", admin_pid=booted.admin_pid)
+                dead = [watched[fd] for fd in ready if fd in watched]
+                if dead:
+                    log.error("actor_system_died", process=dead[0], admin_pid=booted.admin_pid,
+                              supervisor_pid=booted.supervisor_pid)  # fmt: skip
                     return pgid
         finally:
-            os.close(pidfd)
+            for fd in watched:
+                os.close(fd)
         log.info("daemon_stopping", signal=stopping[0])
         asys.shutdown()
         return pgid

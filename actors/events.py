@@ -8,6 +8,7 @@ when its delivery comes back as a dead letter (the Supervisor tells us).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Final
@@ -22,6 +23,7 @@ from actors.messages import (
     Delivery,
     Envelope,
     Publish,
+    Ready,
     Subscribe,
     Subscribed,
     Unsubscribe,
@@ -67,7 +69,7 @@ class Exchange(ContactorActor):
         self.subs: dict[str, _Subscription] = {}
 
     def on_Configure(self, msg: Configure, sender: Any) -> None:
-        pass
+        self.send(sender, Ready(self.role, os.getpid()))
 
     def on_Publish(self, msg: Publish, sender: Any) -> None:
         env = msg.envelope

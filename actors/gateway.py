@@ -63,6 +63,7 @@ class Gateway(ContactorActor):
         self.conns: dict[int, _Conn] = {}
         self.pending: dict[int, tuple[int, int]] = {}  # corr -> (fd, request id)
         self.streams: dict[str, tuple[int, int]] = {}  # subscription token -> (fd, request id)
+        self.stream_filters: dict[str, tuple[str, ...]] = {}
         self.corr = itertools.count(1)
         self.peers: Peers | None = None
         self.supervisor: Any = None
@@ -73,10 +74,17 @@ class Gateway(ContactorActor):
         self.peers, self.supervisor = msg.peers, sender
         if self.listener is None:
             self._listen(Path(msg.config.daemon.address))
-        self.send(sender, Ready(self.role))
+        self.send(sender, Ready(self.role, os.getpid()))
 
     def on_Peers(self, msg: Peers, sender: Any) -> None:
+        replaced = self.peers is not None and self.peers.exchange != msg.exchange
         self.peers = msg
+        if replaced:
+            # A new Exchange knows no subscriptions: make ours again, under the same tokens.
+            for token in self.streams:
+                filters = self.stream_filters.get(token, ())
+                self.send(msg.exchange, Ask(next(self.corr), Subscribe(token, filters, self.myAddress)))
+            self.log.warning("gateway_resubscribed", streams=len(self.streams))
 
     def _listen(self, path: Path) -> None:
         path.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
@@ -177,6 +185,7 @@ class Gateway(ContactorActor):
         assert self.peers is not None
         token = f"gw-{os.getpid()}-{fd}-{req_id}-{next(self.corr)}"
         self.streams[token] = (fd, req_id)
+        self.stream_filters[token] = tuple(filters)
         self.conns[fd].tokens.add(token)
         corr = next(self.corr)
         self.pending[corr] = (fd, req_id)
@@ -188,6 +197,7 @@ class Gateway(ContactorActor):
             return
         for token in conn.tokens:
             self.streams.pop(token, None)
+            self.stream_filters.pop(token, None)
             if self.peers is not None:
                 self.send(self.peers.exchange, Unsubscribe(token))
         for corr, (pfd, _) in list(self.pending.items()):

@@ -131,7 +131,7 @@ def to_result(reply: Any) -> dict[str, Any]:
     if isinstance(reply, TaskReply):
         return dict(reply.result)
     if isinstance(reply, HealthReply):
-        return {"ready": list(reply.ready), "tasks": reply.tasks}
+        return {"ready": list(reply.ready), "pids": dict(reply.pids)}
     if isinstance(reply, Subscribed):
         return {"subscribed": True}
     if isinstance(reply, Ok):

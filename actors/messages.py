@@ -57,6 +57,7 @@ class Boot:
 class Booted:
     admin_pid: int
     pgid: int
+    supervisor_pid: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,7 @@ class Ready:
     """A child tells the Supervisor it is serving (the Gateway: its socket listens)."""
 
     role: str
+    pid: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +93,7 @@ class Health:
 @dataclass(frozen=True, slots=True)
 class HealthReply:
     ready: tuple[str, ...]
-    tasks: int
+    pids: dict[str, int]
 
 
 # -- Exchange -----------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ never inherited by another process.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from actors.messages import (
     Ok,
     Peers,
     Publish,
+    Ready,
     UpdateContainer,
 )
 from actors.metadata_store import Container, ContainerStore
@@ -45,6 +47,7 @@ class MetadataActor(ContactorActor):
         self.peers = msg.peers
         if self.store is None:
             self.store = ContainerStore(Path(msg.config.daemon.root) / "metadata.db")
+        self.send(sender, Ready(self.role, os.getpid()))
 
     def on_Peers(self, msg: Peers, sender: Any) -> None:
         self.peers = msg

@@ -6,10 +6,11 @@ pid, StopMonitor on delete and on dead-shim cleanup; both idempotent.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from actors._actor import ContactorActor
-from actors.messages import Configure, Monitor, Peers, StopMonitor
+from actors.messages import Configure, Monitor, Peers, Ready, StopMonitor
 
 __all__ = ["MonitorActor"]
 
@@ -22,7 +23,7 @@ class MonitorActor(ContactorActor):
         self.tasks: dict[tuple[str, str], Monitor] = {}
 
     def on_Configure(self, msg: Configure, sender: Any) -> None:
-        pass
+        self.send(sender, Ready(self.role, os.getpid()))
 
     def on_Peers(self, msg: Peers, sender: Any) -> None:
         pass

@@ -12,6 +12,7 @@ is replaced by a new one in restore mode: the container does not notice.
 from __future__ import annotations
 
 import itertools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from actors.messages import (
     GetContainer,
     ListTasks,
     Peers,
+    Ready,
     TaskGone,
     TaskInfo,
     TaskList,
@@ -87,6 +89,7 @@ class RuntimeActor(ContactorActor):
     def on_Configure(self, msg: Configure, sender: Any) -> None:
         first = self.config is None
         self.config, self.peers = msg.config, msg.peers
+        self.send(sender, Ready(self.role, os.getpid()))
         if first:
             for ns, cid in restore_plan(Path(self.config.daemon.state)):
                 runtime_name = self._runtime_of_bundle(ns, cid)

@@ -54,6 +54,7 @@ class Supervisor(ContactorActor):
         self.config: Any = None
         self.children: dict[str, Any] = {}
         self.ready: set[str] = set()
+        self.pids: dict[str, int] = {}
         self.boot_waiter: Any = None
         self.stopping = False
 
@@ -72,12 +73,13 @@ class Supervisor(ContactorActor):
 
     def on_Ready(self, msg: Ready, sender: Any) -> None:
         self.ready.add(msg.role)
+        self.pids[msg.role] = msg.pid
         if msg.role == "gateway" and self.boot_waiter is not None:
-            self.send(self.boot_waiter, Booted(os.getppid(), os.getpgid(0)))
+            self.send(self.boot_waiter, Booted(os.getppid(), os.getpgid(0), os.getpid()))
             self.boot_waiter = None
 
     def ask_Health(self, msg: Health, ask: Ask, sender: Any) -> HealthReply:
-        return HealthReply(tuple(sorted(self.ready)), len(self.children))
+        return HealthReply(tuple(sorted(self.ready)), {"supervisor": os.getpid(), **self.pids})
 
     def on_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
         for role, address in list(self.children.items()):

@@ -19,10 +19,12 @@ restored TaskActor never publishes it again.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import select
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -53,11 +55,13 @@ from actors.messages import (
     TaskSetup,
 )
 from actors.mount import unmount_all
+from actors.runc import Runtime
 from actors.shim.client import DEFAULT_SHIM, ShimClient, start_shim
 
 __all__ = ["TaskActor", "DEAD_SHIM_STATUS"]
 
 DEAD_SHIM_STATUS: Final = 128 + 9
+PR_SET_PDEATHSIG: Final = 1
 FORWARDED: Final = frozenset({"exec", "pids", "state", "close_io", "resize_pty", "update"})
 
 
@@ -78,11 +82,39 @@ def is_our_shim(pid: int, bundle: str) -> bool:
     return "--bundle" in cmdline and bundle in cmdline and any("shim" in part for part in cmdline[:3])
 
 
+def _die_with_parent() -> None:
+    """A TaskActor dies with its RuntimeActor: the new RuntimeActor restores every task from its
+    bundle, and an orphaned TaskActor beside the new one would publish every event twice."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() == 1:  # the parent died before the prctl took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _container_pidfd(pid: int, namespace: str, cid: str) -> int | None:
+    """A pidfd of ``pid`` if it is still this container's init (its cgroup names the task)."""
+    if pid <= 0:
+        return None
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            if f"/{namespace}/{cid}" in f.read():
+                return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
 class TaskActor(ContactorActor):
     role = "task"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        _die_with_parent()
         self.setup: TaskSetup | None = None
         self.peers: Peers | None = None
         self.client: ShimClient | None = None
@@ -315,13 +347,28 @@ class TaskActor(ContactorActor):
         finally:
             os.close(fd)
 
-    def _cleanup_runtime_state(self) -> None:
-        """``runc delete --force`` under this namespace's root (never the runtime's default root)."""
+    def _cleanup_runtime_state(self, init_pid: int = 0) -> None:
+        """Remove the container from the runtime, under this namespace's root (never the default root).
+
+        ``delete --force`` would do, but runc sleeps a fixed 100 ms in it; kill, a wait on
+        the init's pidfd and a plain delete do the same at once.  Force stays the fallback.
+        """
         setup = self.setup
         assert setup is not None
-        binary = shutil.which(setup.runtime_name) or setup.runtime_name
-        subprocess.run([binary, "--root", self._runtime_root(), "delete", "--force", setup.id],
-                       capture_output=True, timeout=60, check=False)  # fmt: skip
+        rt = Runtime(shutil.which(setup.runtime_name) or setup.runtime_name, self._runtime_root())
+        pidfd = _container_pidfd(init_pid, setup.namespace, setup.id)
+        try:
+            subprocess.run(
+                rt.kill(setup.id, 9, all_processes=True), capture_output=True, timeout=60, check=False
+            )
+            if pidfd is not None:
+                select.select([pidfd], [], [], 5.0)
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+        done = subprocess.run(rt.delete(setup.id), capture_output=True, timeout=60, check=False)
+        if done.returncode != 0 and b"does not exist" not in done.stderr:
+            subprocess.run(rt.delete(setup.id, force=True), capture_output=True, timeout=60, check=False)
 
     def _cleanup_after_dead_shim(self) -> None:
         setup = self.setup
@@ -338,7 +385,7 @@ class TaskActor(ContactorActor):
             record = json.loads((self.bundle / "init.exit").read_text())
             status, exited_at = int(record["exit_status"]), float(record["exited_at"])
         try:
-            self._cleanup_runtime_state()
+            self._cleanup_runtime_state(pid)
         except Exception as exc:
             self.log.error("runtime_delete_failed", error=str(exc))
         try:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import REPO, Daemon, pid_alive, wait_for, wait_pid_gone
 
 from actors.client import Client
@@ -209,3 +210,45 @@ def test_the_daemon_process_restarts_a_dead_admin(daemon: Daemon, rootfs: Path) 
         c.kill("through", 9)
         c.wait("through")
         c.delete_task("through")
+
+
+@pytest.mark.parametrize("role", ["exchange", "metadata", "monitor", "gateway", "runtime", "supervisor"])
+def test_a_killed_actor_is_replaced_and_nothing_is_lost(daemon: Daemon, rootfs: Path, role: str) -> None:
+    with daemon.client() as c:
+        pid = run(c, rootfs, "survivor", ["/bin/sleep", "1000"])
+        shim = next(t for t in c.list_tasks()).shim_pid
+        victim = c.health()["pids"][role]
+    # A subscriber from before the fault keeps its stream, unless the fault took its connection.
+    keeps_stream = role not in ("gateway", "supervisor")
+    before = Recorder(daemon, ("event.container_id==survivor",)) if keeps_stream else None
+    time.sleep(0.3)
+    os.kill(victim, signal.SIGKILL)
+
+    def replaced() -> bool:
+        try:
+            with daemon.client() as c:
+                health = c.health()
+                return (
+                    set(health["ready"]) >= {"exchange", "metadata", "monitor", "gateway", "runtime"}
+                    and (health["pids"].get(role) not in (None, victim))
+                    and [t.status for t in c.list_tasks()] == ["running"]
+                )
+        except Exception:
+            return False
+
+    wait_for(replaced, 60, f"a new {role}")
+    assert pid_alive(pid) and pid_alive(shim), "the container and its shim do not notice"
+    rec = before or Recorder(daemon, ("event.container_id==survivor",))
+    time.sleep(0.3)
+    with daemon.client() as c:
+        assert [r["id"] for r in c.list_containers()] == ["survivor"], "the record survives"
+        (task,) = c.list_tasks()
+        assert (task.pid, task.shim_pid) == (pid, shim)
+        c.kill("survivor", 9)
+        assert c.wait("survivor")["exit_status"] == 137
+        c.delete_task("survivor")
+        wait_for(lambda: any(t == "/tasks/delete" for t, _ in rec.of("survivor")), 30, "the delete event")
+        time.sleep(0.5)
+        topics = [t for t, _ in rec.of("survivor")]
+        assert topics == ["/tasks/exit", "/tasks/delete"], "exactly one of each, from one TaskActor"
+    rec.close()
