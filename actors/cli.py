@@ -383,6 +383,7 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("daemon", help="run the daemon in the foreground")
     d.add_argument("--root")
     d.add_argument("--state")
+    d.add_argument("--address", dest="daemon_address", help="the Gateway socket to listen on")
     d.add_argument("--admin-port", type=int)
     d.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     d.set_defaults(func="daemon")
@@ -479,8 +480,9 @@ def _config(args: argparse.Namespace) -> configuration.Config:
         daemon = replace(daemon, root=Path(args.root))
     if getattr(args, "state", None):
         daemon = replace(daemon, state=Path(args.state))
-    if args.address:
-        daemon = replace(daemon, address=Path(args.address))
+    address = getattr(args, "daemon_address", None) or args.address
+    if address:
+        daemon = replace(daemon, address=Path(address))
     if getattr(args, "admin_port", None):
         daemon = replace(daemon, admin_port=args.admin_port)
     return replace(cfg, daemon=daemon)

@@ -38,6 +38,7 @@ from actors.messages import (
     TaskRequest,
     UpdateContainer,
 )
+from actors.spec import check_spec
 
 __all__ = ["VERSION", "METHODS", "to_message", "to_result", "SUBSCRIBE", "HEALTH"]
 
@@ -89,8 +90,7 @@ def to_message(method: str, params: dict[str, Any]) -> tuple[str, Any]:
             "runtime_options": {}, "spec": params.get("spec"), "rootfs": _str(params, "rootfs", ""),
             "snapshot_key": "", "extensions": {},
         }  # fmt: skip
-        if not isinstance(record["spec"], dict):
-            raise InvalidArgument("spec must be a map (an OCI runtime spec)")
+        check_spec(record["spec"])
         return "metadata", CreateContainer(record)
     if method == "containers.get":
         return "metadata", GetContainer(ns, _str(params, "id", ""))

@@ -42,6 +42,7 @@ from actors.messages import (
     TaskRequest,
     TaskSetup,
 )
+from actors.spec import check_spec
 from actors.task import TaskActor, is_our_shim
 
 __all__ = ["RuntimeActor", "restore_plan"]
@@ -158,9 +159,7 @@ class RuntimeActor(ContactorActor):
             if pid_file.exists() and is_our_shim(int(pid_file.read_text() or 0), str(path)):
                 raise AlreadyExists(f"task {cid}: a shim still owns its bundle")
             delete_bundle(path)
-        spec = record.get("spec")
-        if not isinstance(spec, dict):
-            raise FailedPrecondition(f"container {cid} has no OCI spec")
+        spec = check_spec(record.get("spec"))
         created = create_bundle(self.config.daemon.state, ns, cid, spec)
         (created / "runtime").write_text(runtime_name)
         self._spawn(ns, cid, False, runtime_name, str(record.get("rootfs") or ""), create=ask)

@@ -11,7 +11,9 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-__all__ = ["default_spec", "process_spec", "DEFAULT_ENV", "DEFAULT_CAPABILITIES"]
+from actors.errdefs import InvalidArgument
+
+__all__ = ["default_spec", "process_spec", "check_spec", "DEFAULT_ENV", "DEFAULT_CAPABILITIES"]
 
 DEFAULT_ENV: Final = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm")
 DEFAULT_CAPABILITIES: Final = (
@@ -40,6 +42,22 @@ _MASKED: Final = (
     "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi",
 )  # fmt: skip
 _READONLY: Final = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+
+
+def check_spec(spec: object) -> dict[str, Any]:
+    """The least an OCI spec needs before a runtime sees it: a process with args, and a root."""
+    if not isinstance(spec, dict):
+        raise InvalidArgument("spec must be a map (an OCI runtime spec)")
+    process = spec.get("process")
+    if not isinstance(process, dict):
+        raise InvalidArgument("spec has no process")
+    args = process.get("args")
+    if not isinstance(args, list) or not args or not all(isinstance(a, str) for a in args):
+        raise InvalidArgument("spec.process.args must be a non-empty list of strings")
+    root = spec.get("root")
+    if not isinstance(root, dict) or not isinstance(root.get("path"), str) or not root["path"]:
+        raise InvalidArgument("spec.root.path is required")
+    return spec
 
 
 def process_spec(

@@ -252,3 +252,19 @@ def test_a_killed_actor_is_replaced_and_nothing_is_lost(daemon: Daemon, rootfs: 
         topics = [t for t, _ in rec.of("survivor")]
         assert topics == ["/tasks/exit", "/tasks/delete"], "exactly one of each, from one TaskActor"
     rec.close()
+
+
+def test_unknown_runtime_and_missing_spec_are_refused_without_leftovers(daemon: Daemon, rootfs: Path) -> None:
+    from actors.errdefs import InvalidArgument
+
+    with daemon.client() as c:
+        c.create_container("odd", default_spec(["/bin/true"]), rootfs=str(rootfs), runtime="docker")
+        with pytest.raises(InvalidArgument, match="unknown runtime"):
+            c.create_task("odd")
+        for spec in ({}, {"process": {"args": []}, "root": {"path": "rootfs"}}, {"process": {"args": ["/x"]}}):
+            with pytest.raises(InvalidArgument, match="spec"):
+                c.call("containers.create", id="nospec", spec=spec, rootfs=str(rootfs))
+        assert c.list_tasks() == []
+        assert [r["id"] for r in c.list_containers()] == ["odd"]
+        assert not list((daemon.state / daemon.namespace).glob("*/config.json"))
+        c.delete_container("odd")
