@@ -86,6 +86,29 @@ def _clear_stale(state: Path, log: Any) -> None:
         path.unlink()
 
 
+def factory_address(state: Path) -> Path:
+    return state / "shim-factory.sock"
+
+
+def _start_factory(state: Path, log: Any) -> int:
+    """The warm shim factory; a stale one from an earlier daemon is stopped first."""
+    from actors.shim.factory import start_factory
+
+    pid_file = state / "shim-factory.pid"
+    with contextlib.suppress(OSError, ValueError, psutil.Error):
+        old = psutil.Process(int(pid_file.read_text()))
+        if any("contactor" in part or "actors" in part for part in old.cmdline()):
+            old.kill()
+    try:
+        pid = start_factory(str(factory_address(state)))
+    except OSError as exc:
+        log.warning("shim_factory_unavailable", error=str(exc))  # shims are exec'd instead
+        return 0
+    pid_file.write_text(f"{pid}\n")
+    log.info("shim_factory_started", pid=pid)
+    return pid
+
+
 def _environment(cfg: Config) -> None:
     """Thespian reads these at import: set them before it is imported."""
     root = Path(cfg.daemon.root)
@@ -107,8 +130,10 @@ def run(cfg: Config) -> int:
     stopping: list[int] = []
     for signo in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signo, lambda s, f: stopping.append(s))
+    factory_pid = 0
     try:
         _clear_stale(state, log)
+        factory_pid = _start_factory(state, log)
         _environment(cfg)
         restarts = 0
         while not stopping:
@@ -121,7 +146,10 @@ def run(cfg: Config) -> int:
             time.sleep(min(5.0, 0.2 * restarts))
         return 0
     finally:
-        for leftover in (state / "actors.pgid", Path(cfg.daemon.address)):
+        if factory_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(factory_pid, signal.SIGTERM)
+        for leftover in (state / "actors.pgid", Path(cfg.daemon.address), state / "shim-factory.pid"):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
         lock.release()

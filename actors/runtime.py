@@ -43,7 +43,7 @@ from actors.messages import (
     TaskSetup,
 )
 from actors.spec import check_spec
-from actors.task import TaskActor, is_our_shim
+from actors.task import TaskActor, live_shim
 
 __all__ = ["RuntimeActor", "restore_plan"]
 
@@ -155,8 +155,7 @@ class RuntimeActor(ContactorActor):
         path = bundle_path(self.config.daemon.state, ns, cid)
         if path.exists():
             # A bundle without a task: left by a cleanup that did not finish.  Never reuse a live one.
-            pid_file = path / "shim.pid"
-            if pid_file.exists() and is_our_shim(int(pid_file.read_text() or 0), str(path)):
+            if live_shim(path):
                 raise AlreadyExists(f"task {cid}: a shim still owns its bundle")
             delete_bundle(path)
         spec = check_spec(record.get("spec"))

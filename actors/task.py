@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
-import psutil
 from thespian.actors import ActorExitRequest
 
 from actors._actor import ContactorActor, error_reply
@@ -55,6 +54,7 @@ from actors.messages import (
     TaskSetup,
 )
 from actors.mount import unmount_all
+from actors.procs import is_alive_process, read_pid_file
 from actors.runc import Runtime
 from actors.shim.client import DEFAULT_SHIM, ShimClient, start_shim
 
@@ -73,13 +73,17 @@ def shim_command(name: str) -> list[str]:
     return [found] if found else list(DEFAULT_SHIM)
 
 
-def is_our_shim(pid: int, bundle: str) -> bool:
-    """True if ``pid`` is alive and is the shim of ``bundle`` (a reused pid is never taken for it)."""
+def live_shim(bundle: str | Path) -> int:
+    """The pid of the bundle's shim if that very process still runs, else 0.
+
+    ``shim.pid`` holds the shim's pid and kernel start time: a reused pid is never
+    taken for the shim (and a shim forked from the factory has no telling cmdline).
+    """
     try:
-        cmdline = psutil.Process(pid).cmdline()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return False
-    return "--bundle" in cmdline and bundle in cmdline and any("shim" in part for part in cmdline[:3])
+        pid, start = read_pid_file(Path(bundle) / "shim.pid")
+    except (OSError, ValueError, IndexError):
+        return 0
+    return pid if is_alive_process(pid, start) else 0
 
 
 def _die_with_parent() -> None:
@@ -165,9 +169,11 @@ class TaskActor(ContactorActor):
         cfg = setup.config
         stdio = ask.body.stdio
         try:
+            factory = Path(cfg.daemon.state) / "shim-factory.sock"
             handle = start_shim(
                 setup.namespace, setup.id, str(self.bundle), self._runtime_root(),
                 runtime=setup.runtime_name, shim=shim_command(cfg.runtime.shim), debug=cfg.runtime.shim_debug,
+                factory=str(factory) if factory.exists() else None,
             )  # fmt: skip
             self.shim_pid = handle.pid
             self._connect(since=0)
@@ -216,12 +222,9 @@ class TaskActor(ContactorActor):
         assert setup is not None
         with contextlib.suppress(OSError, ValueError):
             self.state.update(json.loads((self.bundle / "task.json").read_text()))
-        try:
-            self.shim_pid = int((self.bundle / "shim.pid").read_text())
-        except (OSError, ValueError):
-            self.shim_pid = 0
-        if not self.shim_pid or not is_our_shim(self.shim_pid, str(self.bundle)):
-            self.log.warning("restore_found_dead_shim", shim_pid=self.shim_pid)
+        self.shim_pid = live_shim(self.bundle)
+        if not self.shim_pid:
+            self.log.warning("restore_found_dead_shim")
             self._cleanup_after_dead_shim()
             return
         try:
@@ -231,7 +234,7 @@ class TaskActor(ContactorActor):
         except ContactorError as exc:
             self.log.warning("restore_connect_failed", error=str(exc))
             self._close_fds()
-            if is_our_shim(self.shim_pid, str(self.bundle)):
+            if live_shim(self.bundle):
                 # Alive but not answering: leave it to a later restore rather than kill a container.
                 self._leave("shim not answering")
                 return
@@ -373,6 +376,12 @@ class TaskActor(ContactorActor):
     def _cleanup_after_dead_shim(self) -> None:
         setup = self.setup
         assert setup is not None
+        if live_shim(self.bundle):
+            # Never clean up after a shim that lives: that would take its container away.
+            self.log.error("cleanup_refused_shim_alive", shim_pid=self.shim_pid)
+            self._close_fds()
+            self.wakeupAfter(1.0, payload="restore")
+            return
         self.log.warning("cleanup_after_dead_shim", shim_pid=self.shim_pid)
         self.closing = True
         self._close_fds()
@@ -459,6 +468,10 @@ class TaskActor(ContactorActor):
         setup, peers = self.setup, self.peers
         assert setup is not None and peers is not None
         self.send(peers.monitor, StopMonitor(setup.namespace, setup.id))
+
+    def on_WakeupMessage(self, msg: Any, sender: Any) -> None:
+        if msg.payload == "restore" and not self.gone:
+            self._restore()
 
     def on_Peers(self, msg: Peers, sender: Any) -> None:
         self.peers = msg

@@ -261,7 +261,11 @@ def test_unknown_runtime_and_missing_spec_are_refused_without_leftovers(daemon: 
         c.create_container("odd", default_spec(["/bin/true"]), rootfs=str(rootfs), runtime="docker")
         with pytest.raises(InvalidArgument, match="unknown runtime"):
             c.create_task("odd")
-        for spec in ({}, {"process": {"args": []}, "root": {"path": "rootfs"}}, {"process": {"args": ["/x"]}}):
+        for spec in (
+            {},
+            {"process": {"args": []}, "root": {"path": "rootfs"}},
+            {"process": {"args": ["/x"]}},
+        ):
             with pytest.raises(InvalidArgument, match="spec"):
                 c.call("containers.create", id="nospec", spec=spec, rootfs=str(rootfs))
         assert c.list_tasks() == []

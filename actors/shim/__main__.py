@@ -23,6 +23,7 @@ from actors.bundle import write_atomic
 from actors.errdefs import ContactorError, InvalidArgument
 from actors.identifiers import validate, validate_namespace
 from actors.logs import JsonLineLogger
+from actors.procs import pid_file_line
 from actors.runc import Runtime, resolve_binary
 from actors.shim.protocol import socket_name
 from actors.shim.reaper import Reaper
@@ -94,7 +95,7 @@ def _setup(args: argparse.Namespace) -> tuple[ShimService, ShimServer, Reaper, A
     server = ShimServer(_listen(sock_path), service, reaper, log)
     server_box.append(server)
     files = [sock_path, os.path.join(bundle, "address"), os.path.join(bundle, "shim.pid")]
-    write_atomic(files[2], f"{os.getpid()}\n".encode(), 0o644)
+    write_atomic(files[2], pid_file_line(os.getpid()).encode(), 0o644)
     write_atomic(files[1], sock_path.encode(), 0o644)
     return service, server, reaper, log, wakeup_fd, files
 

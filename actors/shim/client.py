@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from actors.errdefs import ContactorError, Unavailable, from_category
+from actors.procs import is_alive_process, read_pid_file
 from actors.shim import protocol
 
 __all__ = ["ShimClient", "ShimHandle", "start_shim", "DEFAULT_SHIM", "CALL_TIMEOUT"]
@@ -51,54 +52,83 @@ def start_shim(
     debug: bool = False,
     log: str = "",
     timeout: float = 10.0,
+    factory: str | None = None,
 ) -> ShimHandle:
-    """Start a shim for one bundle and wait until it listens."""
-    r, w = os.pipe2(os.O_CLOEXEC)
-    argv = [
-        *shim, "--namespace", namespace, "--id", cid, "--bundle", bundle, "--runtime", runtime,
-        "--runtime-root", runtime_root, "--ready-fd", str(w),
-    ]  # fmt: skip
+    """Start a shim for one bundle and wait until it listens.
+
+    With ``factory`` (the socket of a running shim factory) the shim is forked from
+    it, warm; if the factory cannot be reached the shim program is exec'd instead.
+    """
+    args = ["--namespace", namespace, "--id", cid, "--bundle", bundle, "--runtime", runtime,
+            "--runtime-root", runtime_root]  # fmt: skip
     if debug:
-        argv.append("--debug")
+        args.append("--debug")
     if log:
-        argv += ["--log", log]
-    with tempfile.TemporaryFile() as errors:
-        try:
-            try:
-                proc = subprocess.Popen(
-                    argv, pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                    stderr=errors, start_new_session=True, close_fds=True,
-                )  # fmt: skip
-            except FileNotFoundError:
-                raise Unavailable(f"shim binary {argv[0]!r} not found") from None
-            os.close(w)
-            w = -1
+        args += ["--log", log]
+    r, w = os.pipe2(os.O_CLOEXEC)
+    try:
+        if factory is not None and _from_factory(factory, args, w):
+            os.close(w)  # the shim holds its own copy: EOF on r now means it is done reporting
             try:
                 line = _read_line(r, timeout)
             except Unavailable:
                 _kill_half_started(bundle)
                 raise
-            finally:
-                # The started process only forks the real shim and exits; reap it.
-                proc.wait(timeout)
+            return _started(line, bundle, "")
+        return _exec_shim([*shim, *args, "--ready-fd", str(w)], w, r, bundle, timeout)
+    finally:
+        os.close(r)
+
+
+def _from_factory(factory: str, args: list[str], ready_w: int) -> bool:
+    from actors.shim.factory import spawn
+
+    try:
+        spawn(factory, args, ready_w)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _started(line: str, bundle: str, stderr: str) -> ShimHandle:
+    if line.startswith("ok "):
+        return ShimHandle(int(line.split()[1]), os.path.join(bundle, "shim.sock"))
+    if line.startswith("error "):
+        _, category, message = [*line.split(" ", 2), ""][:3]
+        raise from_category(category, f"shim: {message}")
+    raise Unavailable(f"shim did not start: {stderr.splitlines()[-1] if stderr else 'no report'}")
+
+
+def _exec_shim(argv: list[str], w: int, r: int, bundle: str, timeout: float) -> ShimHandle:
+    """Exec the shim program; closes ``w`` (the readiness pipe's write end) in every case."""
+    with tempfile.TemporaryFile() as errors:
+        try:
+            proc = subprocess.Popen(
+                argv, pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=errors, start_new_session=True, close_fds=True,
+            )  # fmt: skip
+        except FileNotFoundError:
+            raise Unavailable(f"shim binary {argv[0]!r} not found") from None
         finally:
-            os.close(r)
-            if w >= 0:
-                os.close(w)
-        if line.startswith("ok "):
-            return ShimHandle(int(line.split()[1]), os.path.join(bundle, "shim.sock"))
-        if line.startswith("error "):
-            _, category, message = [*line.split(" ", 2), ""][:3]
-            raise from_category(category, f"shim: {message}")
+            os.close(w)
+        try:
+            line = _read_line(r, timeout)
+        except Unavailable:
+            _kill_half_started(bundle)
+            raise
+        finally:
+            # The started process only forks the real shim and exits; reap it.
+            proc.wait(timeout)
         errors.seek(0)
-        text = errors.read().decode(errors="replace").strip()
-    raise Unavailable(f"shim did not start: {text.splitlines()[-1] if text else 'no report'}")
+        return _started(line, bundle, errors.read().decode(errors="replace").strip())
 
 
 def _kill_half_started(bundle: str) -> None:
     """A shim that never reported readiness is not left running."""
-    with contextlib.suppress(OSError, ValueError), open(os.path.join(bundle, "shim.pid")) as f:
-        os.kill(int(f.read()), signal.SIGKILL)
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        pid, start = read_pid_file(os.path.join(bundle, "shim.pid"))
+        if is_alive_process(pid, start):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _read_line(fd: int, timeout: float) -> str:
