@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -366,9 +367,7 @@ class Commands:
 
 
 def _task_dict(t: Task) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(t)
+    return dataclasses.asdict(t)
 
 
 # -- argument parsing -----------------------------------------------------------------------------------
@@ -471,8 +470,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace) -> configuration.Config:
-    from dataclasses import replace
-
+    replace = dataclasses.replace
     path = args.config or (configuration.DEFAULT_PATH if configuration.DEFAULT_PATH.exists() else None)
     cfg = configuration.load(path)
     daemon = cfg.daemon

@@ -299,6 +299,9 @@ class TaskReady:
     """TaskActor -> RuntimeActor: the task's facts once its shim reported them."""
 
     info: TaskInfo
+    # The create's answer, forwarded by the RuntimeActor after it recorded the task (see TaskGone).
+    reply_to: Any = None
+    answer: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,3 +311,7 @@ class TaskGone:
     namespace: str
     id: str
     reason: str
+    # The delete's answer: the RuntimeActor forwards it once the task is out of its table,
+    # so a client that lists tasks after its delete returned never sees the task again.
+    reply_to: Any = None
+    answer: Any = None

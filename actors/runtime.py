@@ -191,12 +191,16 @@ class RuntimeActor(ContactorActor):
         entry = self.tasks.get((msg.info.namespace, msg.info.id))
         if entry is not None and entry.address == sender:
             entry.info = msg.info
+        if msg.reply_to is not None and msg.answer is not None:
+            self.send(msg.reply_to, msg.answer)
 
     def on_TaskGone(self, msg: TaskGone, sender: Any) -> None:
         entry = self.tasks.get((msg.namespace, msg.id))
         if entry is not None and entry.address == sender:
             del self.tasks[(msg.namespace, msg.id)]
             self.log.info("task_gone", namespace=msg.namespace, id=msg.id, reason=msg.reason)
+        if msg.reply_to is not None and msg.answer is not None:
+            self.send(msg.reply_to, msg.answer)
 
     def on_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
         for key, entry in list(self.tasks.items()):

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import json
 import os
 import select
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Final
@@ -67,8 +69,6 @@ FORWARDED: Final = frozenset({"exec", "pids", "state", "close_io", "resize_pty",
 
 def shim_command(name: str) -> list[str]:
     """The configured shim program, on PATH or beside this interpreter; else ``python -m actors.shim``."""
-    import sys
-
     found = shutil.which(name) or shutil.which(name, path=os.path.dirname(sys.executable))
     return [found] if found else list(DEFAULT_SHIM)
 
@@ -199,8 +199,7 @@ class TaskActor(ContactorActor):
         self._publish("/tasks/create", {"container_id": setup.id, "bundle": str(self.bundle), "rootfs": [],
                                         "io": io, "checkpoint": "", "pid": pid})  # fmt: skip
         self._monitor(pid)
-        self.send(self.runtime_parent, TaskReady(self.info))
-        self.send(reply_to, Answer(ask.corr, self.info))
+        self.send(self.runtime_parent, TaskReady(self.info, reply_to, Answer(ask.corr, self.info)))
         self.log.info("task_created", pid=pid, shim_pid=self.shim_pid)
 
     def _abandon_create(self) -> None:
@@ -258,9 +257,7 @@ class TaskActor(ContactorActor):
     def _update_info(self, **changes: Any) -> None:
         if self.info is None:
             return
-        from dataclasses import replace
-
-        self.info = replace(self.info, **changes)
+        self.info = dataclasses.replace(self.info, **changes)
         self.send(self.runtime_parent, TaskReady(self.info))
 
     # -- events from the shim, and its death --------------------------------------------------------------
@@ -282,7 +279,10 @@ class TaskActor(ContactorActor):
             try:
                 self._connect(since=int(self.state.get("seq", 0)))
             except ContactorError:
-                self._cleanup_after_dead_shim() if self._wait_shim_gone(2) else None
+                if self._wait_shim_gone(2):
+                    self._cleanup_after_dead_shim()
+                else:
+                    self.wakeupAfter(1.0, payload="restore")
 
     def _drain_events(self) -> None:
         client = self.client
@@ -435,12 +435,12 @@ class TaskActor(ContactorActor):
         with contextlib.suppress(Exception):
             remove_empty_parents(f"{parent}/{setup.namespace}/{setup.id}", keep=parent.count("/"))
 
-    def _leave(self, reason: str) -> None:
+    def _leave(self, reason: str, reply_to: Any = None, answer: Answer | None = None) -> None:
         setup = self.setup
         assert setup is not None
         self.gone = True
         self.watched = []
-        self.send(self.runtime_parent, TaskGone(setup.namespace, setup.id, reason))
+        self.send(self.runtime_parent, TaskGone(setup.namespace, setup.id, reason, reply_to, answer))
         self.send(self.myAddress, ActorExitRequest())
 
     def _close_fds(self) -> None:
@@ -491,7 +491,7 @@ class TaskActor(ContactorActor):
             self.waiters.setdefault(exec_id, []).append((ask, sender))
             return None
         if op == "delete":
-            return self._delete(params, exec_id)
+            return self._delete(params, exec_id, ask, sender)
         if op == "metrics":
             raise Unavailable("metrics are not available yet")
         if op in FORWARDED:
@@ -517,7 +517,7 @@ class TaskActor(ContactorActor):
             return TaskReply(result)
         raise InvalidArgument(f"unknown task operation {op!r}")
 
-    def _delete(self, params: dict[str, Any], exec_id: str) -> TaskReply:
+    def _delete(self, params: dict[str, Any], exec_id: str, ask: Ask, sender: Any) -> TaskReply | None:
         assert self.client is not None and self.setup is not None
         if exec_id:
             return TaskReply(self.client.call("delete", exec_id=exec_id))
@@ -552,8 +552,8 @@ class TaskActor(ContactorActor):
                  "exited_at": result.get("exited_at"), "id": ""}  # fmt: skip
         self._publish("/tasks/delete", event)
         self._fail_waiters("the task was deleted")
-        self._leave("deleted")
-        return TaskReply(result)
+        self._leave("deleted", ask.reply_to or sender, Answer(ask.corr, TaskReply(result)))
+        return None
 
     def on_ActorExitRequest(self, msg: Any, sender: Any) -> None:
         # Stopping the daemon never touches shims or containers: only let go of the connection.
