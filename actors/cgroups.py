@@ -1,10 +1,18 @@
-"""Where tasks' cgroups live, and removing what placement left behind.
+"""A task's cgroups: where they live, what they measure, their OOMs, and removing them.
 
 A task's cgroup is ``<parent>/<namespace>/<id>`` in every hierarchy (each v1
-controller, and the v2 tree mounted at ``unified`` on a hybrid host).  The
-runtime removes the task's own directory on delete; the namespace and parent
-directories above it are removed here once they are empty.  ``rmdir`` of a
-non-empty cgroup fails, so this never touches a cgroup still in use.
+controller, and the v2 tree mounted at ``unified`` on a hybrid host).  This
+module is the functional core the MonitorActor and the TaskActor build on:
+``detect`` describes the host once, ``task_cgroup_paths`` places a task in it,
+``read_metrics`` reads usage in one shape on v1 and v2, ``OomWatch`` turns OOMs
+into an fd an actor can poll, and ``remove_task_cgroups`` removes a task's
+cgroups with any children.  The runtime removes the task's own directory on
+delete; the namespace and parent directories above it are removed here once
+they are empty.  ``rmdir`` of a non-empty cgroup fails, so this never touches a
+cgroup still in use.
+
+The machinery sits in private modules, one concern each: ``_cgroup_tree``
+(mounts and paths), ``_cgroup_metrics`` (file formats) and ``_cgroup_oom``.
 """
 
 from __future__ import annotations
@@ -12,11 +20,23 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Final
 
-__all__ = ["CGROUP_ROOT", "hierarchies", "remove_empty_parents"]
+from actors._cgroup_metrics import read_metrics
+from actors._cgroup_oom import OomWatch
+from actors._cgroup_tree import CGROUP_ROOT, Host, Mode, detect, remove_task_cgroups, task_cgroup_paths
 
-CGROUP_ROOT: Final = Path("/sys/fs/cgroup")
+__all__ = [
+    "CGROUP_ROOT",
+    "Host",
+    "Mode",
+    "detect",
+    "task_cgroup_paths",
+    "read_metrics",
+    "OomWatch",
+    "remove_task_cgroups",
+    "hierarchies",
+    "remove_empty_parents",
+]
 
 
 def hierarchies(root: Path = CGROUP_ROOT) -> list[Path]:
