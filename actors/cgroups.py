@@ -34,9 +34,18 @@ __all__ = [
     "read_metrics",
     "OomWatch",
     "remove_task_cgroups",
+    "placement",
     "hierarchies",
     "remove_empty_parents",
 ]
+
+
+def placement(driver: str, parent: str, namespace: str, cid: str) -> str:
+    """Where a task's cgroup goes: ``<parent>/<namespace>/<id>`` for cgroupfs; for the systemd
+    driver, runc's ``slice:prefix:name`` form (a scope ``contactor-<namespace>-<id>.scope``)."""
+    if driver == "systemd":
+        return f"{parent}:contactor-{namespace}:{cid}"
+    return f"{parent.rstrip('/')}/{namespace}/{cid}"
 
 
 def hierarchies(root: Path = CGROUP_ROOT) -> list[Path]:

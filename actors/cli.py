@@ -163,9 +163,9 @@ class Commands:
         if a.pids_limit is not None:
             resources["pids"] = {"limit": a.pids_limit}
         cid = validate(a.id, "container id")
-        cg = f"{str(self.cfg.cgroups.parent).rstrip('/')}/{a.namespace}/{cid}"
+        # No cgroupsPath: where a task's cgroup goes is the daemon's decision.
         return default_spec(a.args, hostname=cid, env=[f"{k}={v}" for k, v in _pairs(a.env, "env").items()],
-                            cwd=a.cwd, terminal=a.tty, cgroups_path=cg, resources=resources)  # fmt: skip
+                            cwd=a.cwd, terminal=a.tty, resources=resources)  # fmt: skip
 
     def containers_create(self) -> int:
         a = self.args
@@ -324,7 +324,29 @@ class Commands:
             relay.remove()
 
     def tasks_metrics(self) -> int:
-        self.out(self.client.call("tasks.metrics", id=self.args.id), lambda: None)
+        metrics = self.client.call("tasks.metrics", id=self.args.id)
+
+        def text() -> None:
+            print(f"{'GROUP':<8} {'FIELD':<20} VALUE")
+            for group, fields in metrics.items():
+                for name, value in fields.items():
+                    print(f"{group:<8} {name:<20} {value}")
+
+        self.out(metrics, text)
+        return 0
+
+    def tasks_update(self) -> int:
+        a = self.args
+        resources: dict[str, Any] = {}
+        if a.memory_limit is not None:
+            resources["memory"] = {"limit": a.memory_limit}
+        if a.cpus is not None:
+            resources["cpu"] = {"period": 100000, "quota": int(a.cpus * 100000)}
+        if a.pids_limit is not None:
+            resources["pids"] = {"limit": a.pids_limit}
+        if not resources:
+            raise InvalidArgument("nothing to update: give --memory-limit, --cpus or --pids-limit")
+        self.client.update(a.id, resources)
         return 0
 
     def run(self) -> int:
@@ -432,6 +454,12 @@ def _parser() -> argparse.ArgumentParser:
         t = ts.add_parser(name)
         t.add_argument("id")
         t.set_defaults(func=f"tasks_{name}")
+    t = ts.add_parser("update", help="change a running task's resource limits")
+    t.add_argument("--memory-limit", type=int, metavar="BYTES")
+    t.add_argument("--cpus", type=float)
+    t.add_argument("--pids-limit", type=int)
+    t.add_argument("id")
+    t.set_defaults(func="tasks_update")
     t = ts.add_parser("kill")
     t.add_argument("--signal", "-s", type=_signal, default=signal.SIGTERM)
     t.add_argument("--all", "-a", action="store_true")

@@ -207,6 +207,8 @@ class Monitor:
 class StopMonitor:
     namespace: str
     id: str
+    # The task's /tasks/exit (and /tasks/delete), published after its last OOM (see MonitorActor).
+    envelopes: tuple[Any, ...] = ()
 
 
 # -- RuntimeActor (and forwarded to TaskActors) ----------------------------------------------------------

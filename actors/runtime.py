@@ -21,6 +21,7 @@ from thespian.actors import ChildActorExited
 
 from actors._actor import ContactorActor, error_reply
 from actors.bundle import bundle_path, create_bundle, delete_bundle
+from actors.cgroups import placement
 from actors.errdefs import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from actors.identifiers import validate, validate_namespace
 from actors.messages import (
@@ -159,6 +160,12 @@ class RuntimeActor(ContactorActor):
                 raise AlreadyExists(f"task {cid}: a shim still owns its bundle")
             delete_bundle(path)
         spec = check_spec(record.get("spec"))
+        # Placement is the runtime's: every task's cgroup sits where the monitor and cleanup look.
+        cfg = self.config.cgroups
+        spec = {
+            **spec,
+            "linux": {**(spec.get("linux") or {}), "cgroupsPath": placement(cfg.driver, cfg.parent, ns, cid)},
+        }
         created = create_bundle(self.config.daemon.state, ns, cid, spec)
         (created / "runtime").write_text(runtime_name)
         self._spawn(ns, cid, False, runtime_name, str(record.get("rootfs") or ""), create=ask)
@@ -171,7 +178,9 @@ class RuntimeActor(ContactorActor):
         entry = self.tasks.get((ns, cid))
         if entry is None:
             raise NotFound(f"task {cid} not found")
-        self.send(entry.address, Ask(ask.corr, msg, ask.reply_to or sender))
+        assert self.peers is not None
+        target = self.peers.monitor if msg.op == "metrics" else entry.address
+        self.send(target, Ask(ask.corr, msg, ask.reply_to or sender))
 
     def ask_ListTasks(self, msg: ListTasks, ask: Ask, sender: Any) -> TaskList:
         if msg.namespace is not None:

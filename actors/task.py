@@ -36,13 +36,14 @@ from thespian.actors import ActorExitRequest
 
 from actors._actor import ContactorActor, error_reply
 from actors.bundle import delete_bundle, write_atomic
-from actors.cgroups import remove_empty_parents
+from actors.cgroups import Host, detect, placement, remove_empty_parents, remove_task_cgroups
 from actors.errdefs import ContactorError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from actors.events import envelope
 from actors.messages import (
     Answer,
     Ask,
     CreateTask,
+    Envelope,
     ErrorReply,
     Monitor,
     Peers,
@@ -84,6 +85,16 @@ def live_shim(bundle: str | Path) -> int:
     except (OSError, ValueError, IndexError):
         return 0
     return pid if is_alive_process(pid, start) else 0
+
+
+_HOST: list[Host] = []
+
+
+def _host() -> Host:
+    """The cgroup layout of this host, detected once per process."""
+    if not _HOST:
+        _HOST.append(detect())
+    return _HOST[0]
 
 
 def _die_with_parent() -> None:
@@ -173,7 +184,7 @@ class TaskActor(ContactorActor):
             handle = start_shim(
                 setup.namespace, setup.id, str(self.bundle), self._runtime_root(),
                 runtime=setup.runtime_name, shim=shim_command(cfg.runtime.shim), debug=cfg.runtime.shim_debug,
-                factory=str(factory) if factory.exists() else None,
+                factory=str(factory) if factory.exists() else None, systemd_cgroup=cfg.cgroups.driver == "systemd",
             )  # fmt: skip
             self.shim_pid = handle.pid
             self._connect(since=0)
@@ -306,9 +317,9 @@ class TaskActor(ContactorActor):
             record = {"container_id": setup.id, "id": data.get("id"), "pid": data.get("pid"),
                       "exit_status": data.get("exit_status"), "exited_at": data.get("exited_at")}  # fmt: skip
             if is_init:
-                if not self.state.get("exit_published"):
-                    self._publish("/tasks/exit", record, timestamp=data.get("exited_at"))
-                    self.state["exit_published"] = True
+                exit_env = envelope(setup.namespace, "/tasks/exit", record, data.get("exited_at"))
+                self._stop_monitor(() if self.state.get("exit_published") else (exit_env,))
+                self.state["exit_published"] = True
                 self._update_info(status="stopped", exit_status=int(data.get("exit_status", -1)),
                                   exited_at=float(data.get("exited_at", 0.0)))  # fmt: skip
             else:
@@ -358,7 +369,8 @@ class TaskActor(ContactorActor):
         """
         setup = self.setup
         assert setup is not None
-        rt = Runtime(shutil.which(setup.runtime_name) or setup.runtime_name, self._runtime_root())
+        rt = Runtime(shutil.which(setup.runtime_name) or setup.runtime_name, self._runtime_root(),
+                     systemd_cgroup=setup.config.cgroups.driver == "systemd")  # fmt: skip
         pidfd = _container_pidfd(init_pid, setup.namespace, setup.id)
         try:
             subprocess.run(
@@ -385,7 +397,6 @@ class TaskActor(ContactorActor):
         self.log.warning("cleanup_after_dead_shim", shim_pid=self.shim_pid)
         self.closing = True
         self._close_fds()
-        self._stop_monitor()
         pid, status, exited_at = 0, DEAD_SHIM_STATUS, time.time()
         with contextlib.suppress(OSError, ValueError):
             pid = int((self.bundle / "init.pid").read_text())
@@ -408,8 +419,9 @@ class TaskActor(ContactorActor):
             "exit_status": status,
             "exited_at": exited_at,
         }
+        envelopes = [envelope(setup.namespace, "/tasks/delete", {**event, "id": ""})]
         if not self.state.get("exit_published"):
-            self._publish("/tasks/exit", event)
+            envelopes.insert(0, envelope(setup.namespace, "/tasks/exit", event))
             self.state["exit_published"] = True
             self._save_state()
         self._answer_waiters("", event)
@@ -418,8 +430,8 @@ class TaskActor(ContactorActor):
             delete_bundle(self.bundle)
         except Exception as exc:
             self.log.error("bundle_delete_failed", error=str(exc))
-        self._remove_cgroup_parents()
-        self._publish("/tasks/delete", {**event, "id": ""})
+        self._remove_cgroups()
+        self._stop_monitor(tuple(envelopes))
         self._leave("shim died")
 
     def _fail_waiters(self, why: str) -> None:
@@ -428,12 +440,25 @@ class TaskActor(ContactorActor):
                 self.answer(ask, sender, ErrorReply("unavailable", why))
         self.waiters.clear()
 
-    def _remove_cgroup_parents(self) -> None:
+    def _cgroups_path(self) -> str:
+        setup = self.setup
+        assert setup is not None
+        cfg = setup.config.cgroups
+        return placement(cfg.driver, str(cfg.parent), setup.namespace, setup.id)
+
+    def _remove_cgroups(self) -> None:
+        """The task's cgroup in every hierarchy (whatever the runtime left), then empty parents."""
         setup = self.setup
         assert setup is not None
         parent = str(setup.config.cgroups.parent).rstrip("/")
-        with contextlib.suppress(Exception):
-            remove_empty_parents(f"{parent}/{setup.namespace}/{setup.id}", keep=parent.count("/"))
+        path = self._cgroups_path()
+        try:
+            busy = remove_task_cgroups(_host(), path)
+            if busy:
+                self.log.error("cgroups_left_busy", paths=[str(p) for p in busy])
+            remove_empty_parents(path, keep=parent.count("/"))
+        except ContactorError as exc:
+            self.log.error("cgroup_removal_failed", error=exc.message)
 
     def _leave(self, reason: str, reply_to: Any = None, answer: Answer | None = None) -> None:
         setup = self.setup
@@ -461,13 +486,13 @@ class TaskActor(ContactorActor):
     def _monitor(self, pid: int) -> None:
         setup, peers = self.setup, self.peers
         assert setup is not None and peers is not None
-        cg = f"{str(setup.config.cgroups.parent).rstrip('/')}/{setup.namespace}/{setup.id}"
-        self.send(peers.monitor, Monitor(setup.namespace, setup.id, pid, cg))
+        self.send(peers.monitor, Monitor(setup.namespace, setup.id, pid, self._cgroups_path()))
 
-    def _stop_monitor(self) -> None:
+    def _stop_monitor(self, envelopes: tuple[Envelope, ...] = ()) -> None:
+        """Stop watching the task's cgroup; ``envelopes`` are published after its last OOM."""
         setup, peers = self.setup, self.peers
         assert setup is not None and peers is not None
-        self.send(peers.monitor, StopMonitor(setup.namespace, setup.id))
+        self.send(peers.monitor, StopMonitor(setup.namespace, setup.id, envelopes))
 
     def on_WakeupMessage(self, msg: Any, sender: Any) -> None:
         if msg.payload == "restore" and not self.gone:
@@ -492,8 +517,6 @@ class TaskActor(ContactorActor):
             return None
         if op == "delete":
             return self._delete(params, exec_id, ask, sender)
-        if op == "metrics":
-            raise Unavailable("metrics are not available yet")
         if op in FORWARDED:
             return TaskReply(self.client.call(op, **params))
         if op == "start":
@@ -540,17 +563,16 @@ class TaskActor(ContactorActor):
             self.closing = False
             raise
         self._drain_events()
-        self._stop_monitor()
         with contextlib.suppress(ContactorError):
             self.client.call("shutdown", call_timeout=30)
         if not self._wait_shim_gone(10):
             self.log.error("shim_did_not_exit_after_shutdown", shim_pid=self.shim_pid)
         self._close_fds()
         delete_bundle(self.bundle)
-        self._remove_cgroup_parents()
+        self._remove_cgroups()
         event = {"container_id": self.setup.id, "pid": result.get("pid"), "exit_status": result.get("exit_status"),
                  "exited_at": result.get("exited_at"), "id": ""}  # fmt: skip
-        self._publish("/tasks/delete", event)
+        self._stop_monitor((envelope(self.setup.namespace, "/tasks/delete", event),))
         self._fail_waiters("the task was deleted")
         self._leave("deleted", ask.reply_to or sender, Answer(ask.corr, TaskReply(result)))
         return None

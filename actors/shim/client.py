@@ -53,6 +53,7 @@ def start_shim(
     log: str = "",
     timeout: float = 10.0,
     factory: str | None = None,
+    systemd_cgroup: bool = False,
 ) -> ShimHandle:
     """Start a shim for one bundle and wait until it listens.
 
@@ -63,6 +64,8 @@ def start_shim(
             "--runtime-root", runtime_root]  # fmt: skip
     if debug:
         args.append("--debug")
+    if systemd_cgroup:
+        args.append("--systemd-cgroup")
     if log:
         args += ["--log", log]
     r, w = os.pipe2(os.O_CLOEXEC)
