@@ -55,6 +55,18 @@ def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
     return out
 
 
+def _resources(a: argparse.Namespace) -> dict[str, Any]:
+    """OCI linux.resources from --memory-limit, --cpus and --pids-limit."""
+    resources: dict[str, Any] = {}
+    if a.memory_limit is not None:
+        resources["memory"] = {"limit": a.memory_limit}
+    if a.cpus is not None:
+        resources["cpu"] = {"period": 100000, "quota": int(a.cpus * 100000)}
+    if a.pids_limit is not None:
+        resources["pids"] = {"limit": a.pids_limit}
+    return resources
+
+
 # -- stdio relay ------------------------------------------------------------------------------------------
 class _Relay:
     """FIFOs for a task's stdio in a private directory, copied to and from our own fds."""
@@ -155,13 +167,7 @@ class Commands:
         a = self.args
         if not a.args:
             raise InvalidArgument("a command to run in the container is required")
-        resources: dict[str, Any] = {}
-        if a.memory_limit is not None:
-            resources["memory"] = {"limit": a.memory_limit}
-        if a.cpus is not None:
-            resources["cpu"] = {"period": 100000, "quota": int(a.cpus * 100000)}
-        if a.pids_limit is not None:
-            resources["pids"] = {"limit": a.pids_limit}
+        resources = _resources(a)
         cid = validate(a.id, "container id")
         # No cgroupsPath: where a task's cgroup goes is the daemon's decision.
         return default_spec(a.args, hostname=cid, env=[f"{k}={v}" for k, v in _pairs(a.env, "env").items()],
@@ -337,13 +343,7 @@ class Commands:
 
     def tasks_update(self) -> int:
         a = self.args
-        resources: dict[str, Any] = {}
-        if a.memory_limit is not None:
-            resources["memory"] = {"limit": a.memory_limit}
-        if a.cpus is not None:
-            resources["cpu"] = {"period": 100000, "quota": int(a.cpus * 100000)}
-        if a.pids_limit is not None:
-            resources["pids"] = {"limit": a.pids_limit}
+        resources = _resources(a)
         if not resources:
             raise InvalidArgument("nothing to update: give --memory-limit, --cpus or --pids-limit")
         self.client.update(a.id, resources)

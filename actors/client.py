@@ -15,11 +15,11 @@ import queue
 import socket
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, Final
 
 from actors import wire
 from actors.errdefs import Unavailable, from_category
+from actors.messages import TaskInfo
 
 __all__ = ["Client", "Task", "DEFAULT_ADDRESS", "CALL_TIMEOUT"]
 
@@ -27,18 +27,8 @@ DEFAULT_ADDRESS: Final = "/run/contactor/contactor.sock"
 CALL_TIMEOUT: Final = 120.0
 
 
-@dataclass(frozen=True, slots=True)
-class Task:
-    namespace: str
-    id: str
-    pid: int
-    status: str
-    exit_status: int
-    exited_at: float
-    shim_pid: int
-    bundle: str
-    created_at: float
-    actor_pid: int = 0
+# A task as the daemon describes it: the RuntimeActor's own TaskInfo.
+Task = TaskInfo
 
 
 class _Conn:

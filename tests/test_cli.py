@@ -161,3 +161,18 @@ def test_garbage_on_the_gateway_closes_only_that_connection(daemon: Daemon, root
         assert "gateway" in c.health()["ready"]
         with pytest.raises(Exception, match="unknown method"):
             c.call("tasks.explode")
+
+
+def test_update_and_metrics_from_the_command_line(daemon: Daemon, rootfs: str) -> None:
+    assert contactor(daemon, "run", "-d", "--memory-limit", str(64 << 20), "--rootfs", str(rootfs), "m1",
+                     "/bin/sleep", "1000").returncode == 0  # fmt: skip
+    assert (
+        json.loads(contactor(daemon, "--json", "tasks", "metrics", "m1").stdout)["memory"]["limit"]
+        == 64 << 20
+    )
+    assert contactor(daemon, "tasks", "update", "--memory-limit", str(32 << 20), "m1").returncode == 0
+    table = contactor(daemon, "tasks", "metrics", "m1").stdout
+    assert any(line.split() == ["memory", "limit", str(32 << 20)] for line in table.splitlines()), table
+    r = contactor(daemon, "tasks", "update", "m1")
+    assert r.returncode == EXIT_CODES["invalid_argument"]
+    assert contactor(daemon, "tasks", "rm", "-f", "m1").returncode == 0
