@@ -55,6 +55,27 @@ def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
     return out
 
 
+def _since(value: str | None) -> tuple[int | None, float | None]:
+    """``--since``: an integer is a sequence number; a float or an ISO 8601 time is a time."""
+    if value is None:
+        return None, None
+    if value.isdigit():
+        return int(value), None
+    try:
+        return None, float(value)
+    except ValueError:
+        pass
+    import datetime
+
+    try:
+        when = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidArgument(f"--since {value!r} is neither a sequence number nor a time") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return None, when.timestamp()
+
+
 def _resources(a: argparse.Namespace) -> dict[str, Any]:
     """OCI linux.resources from --memory-limit, --cpus and --pids-limit."""
     resources: dict[str, Any] = {}
@@ -367,13 +388,15 @@ class Commands:
         return status
 
     def events(self) -> int:
+        since_seq, since_time = _since(self.args.since)
         try:
-            for env in self.client.events(self.args.filters):
+            for env in self.client.events(self.args.filters, since=since_seq, since_time=since_time):
                 if self.args.json:
                     print(json.dumps(env), flush=True)
                 else:
                     ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(env["timestamp"]))
-                    print(f"{ts} {env['namespace']} {env['topic']} {json.dumps(env['event'])}", flush=True)
+                    print(f"{ts} {env['seq']} {env['namespace']} {env['topic']} {json.dumps(env['event'])}",
+                          flush=True)  # fmt: skip
         except KeyboardInterrupt:
             return 0
         return 0
@@ -492,6 +515,8 @@ def _parser() -> argparse.ArgumentParser:
     r.set_defaults(func="run")
 
     e = sub.add_parser("events", help="stream events")
+    e.add_argument("--since", help="replay logged events after a sequence number, or since a time "
+                   "(seconds since the epoch, or ISO 8601 like 2026-11-29T10:00:00)")  # fmt: skip
     e.add_argument("filters", nargs="*")
     e.set_defaults(func="events")
     return p

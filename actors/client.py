@@ -220,16 +220,26 @@ class Client:
         self.call("tasks.update", id=id, resources=resources)
 
     # -- events -------------------------------------------------------------------------------------------
-    def events(self, filters: Sequence[str] = (), timeout: float | None = None) -> Iterator[dict[str, Any]]:
-        """Envelopes matching any of ``filters``, as they happen; ends when the daemon goes away.
+    def events(
+        self, filters: Sequence[str] = (), timeout: float | None = None, since: int | None = None,
+        since_time: float | None = None,
+    ) -> Iterator[dict[str, Any]]:  # fmt: skip
+        """Envelopes matching any of ``filters``; ends when the daemon goes away.
 
+        With ``since`` (a sequence number: every envelope carries its ``seq``) or
+        ``since_time`` (seconds since the epoch) the logged envelopes after it come
+        first, then live ones, with no gap and no duplicate between them.
         ``timeout`` bounds the wait for each next event (Unavailable after it).
         """
+        params: dict[str, Any] = {"filters": list(filters), "namespace": ""}
+        if since is not None:
+            params["since"] = since
+        if since_time is not None:
+            params["since_time"] = since_time
         # A connection of its own: closing it ends the subscription at the Gateway.
         conn = _Conn(self.address, 10.0)
-        _, q = conn.open("events.subscribe", {"filters": list(filters), "namespace": ""})
+        _, q = conn.open("events.subscribe", params)
         try:
-            _unwrap(q.get(timeout=CALL_TIMEOUT), "events.subscribe")
             while True:
                 try:
                     frame = q.get(timeout=timeout)
@@ -237,8 +247,9 @@ class Client:
                     raise Unavailable(f"no event within {timeout}s") from None
                 if frame is None:
                     return
-                if "error" in frame:
-                    _unwrap(frame, "events")
-                yield dict(frame["event"])
+                if "event" in frame:
+                    yield dict(frame["event"])
+                else:
+                    _unwrap(frame, "events.subscribe")  # the subscription's answer, or its error
         finally:
             conn.close()

@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 from actors._actor import ContactorActor
 from actors.errdefs import FailedPrecondition, InvalidArgument
+from actors.eventlog import EventLog
 from actors.filters import Filter, parse_any
 from actors.identifiers import validate
 from actors.messages import (
@@ -67,20 +69,35 @@ class Exchange(ContactorActor):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.subs: dict[str, _Subscription] = {}
+        self.log_: EventLog | None = None
 
     def on_Configure(self, msg: Configure, sender: Any) -> None:
+        if self.log_ is None:
+            self.log_ = EventLog(Path(msg.config.daemon.root) / "events.db")
         self.send(sender, Ready(self.role, os.getpid()))
 
     def on_Publish(self, msg: Publish, sender: Any) -> None:
-        env = msg.envelope
+        # Logged (committed) before anyone is told: a late subscriber can always ask for it.
+        env = self.log_.append(msg.envelope) if self.log_ is not None else msg.envelope
         wire = env.to_wire()
         for token, sub in list(self.subs.items()):
             if sub.filter.match(wire):
                 self.send(sub.address, Delivery(token, env))
 
     def ask_Subscribe(self, msg: Subscribe, ask: Ask, sender: Any) -> Subscribed:
-        self.subs[msg.token] = _Subscription(msg.subscriber or sender, parse_any(msg.filters))
-        return Subscribed(msg.token)
+        flt, address = parse_any(msg.filters), msg.subscriber or sender
+        # Replay and go live in one handler: nothing is published in between, so no gap and no duplicate.
+        if self.log_ is not None and (msg.since_seq is not None or msg.since_time is not None):
+            for env in self.log_.since(msg.since_seq, msg.since_time):
+                if flt.match(env.to_wire()):
+                    self.send(address, Delivery(msg.token, env))
+        self.subs[msg.token] = _Subscription(address, flt)
+        return Subscribed(msg.token, self.log_.seq if self.log_ is not None else 0)
+
+    def on_ActorExitRequest(self, msg: Any, sender: Any) -> None:
+        if self.log_ is not None:
+            self.log_.close()
+            self.log_ = None
 
     def on_Unsubscribe(self, msg: Unsubscribe, sender: Any) -> None:
         self.subs.pop(msg.token, None)

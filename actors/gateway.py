@@ -182,6 +182,13 @@ class Gateway(ContactorActor):
         filters = params.get("filters", [])
         if not isinstance(filters, list) or not all(isinstance(f, str) for f in filters):
             raise InvalidArgument("filters must be a list of strings")
+        since_seq, since_time = params.get("since"), params.get("since_time")
+        if since_seq is not None and (
+            not isinstance(since_seq, int) or isinstance(since_seq, bool) or since_seq < 0
+        ):
+            raise InvalidArgument("since must be a non-negative sequence number")
+        if since_time is not None and not isinstance(since_time, int | float):
+            raise InvalidArgument("since_time must be a number of seconds since the epoch")
         assert self.peers is not None
         token = f"gw-{os.getpid()}-{fd}-{req_id}-{next(self.corr)}"
         self.streams[token] = (fd, req_id)
@@ -189,7 +196,19 @@ class Gateway(ContactorActor):
         self.conns[fd].tokens.add(token)
         corr = next(self.corr)
         self.pending[corr] = (fd, req_id)
-        self.send(self.peers.exchange, Ask(corr, Subscribe(token, tuple(filters), self.myAddress)))
+        self.send(
+            self.peers.exchange,
+            Ask(
+                corr,
+                Subscribe(
+                    token,
+                    tuple(filters),
+                    self.myAddress,
+                    since_seq,
+                    None if since_time is None else float(since_time),
+                ),
+            ),
+        )
 
     def _close(self, fd: int) -> None:
         conn = self.conns.pop(fd, None)

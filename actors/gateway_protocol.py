@@ -133,7 +133,7 @@ def to_result(reply: Any) -> dict[str, Any]:
     if isinstance(reply, HealthReply):
         return {"ready": list(reply.ready), "pids": dict(reply.pids)}
     if isinstance(reply, Subscribed):
-        return {"subscribed": True}
+        return {"subscribed": True, "seq": reply.seq}
     if isinstance(reply, Ok):
         return {}
     return {"value": repr(reply)}

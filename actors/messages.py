@@ -105,9 +105,11 @@ class Envelope:
     namespace: str
     topic: str
     event: dict[str, Any]
+    seq: int = 0  # given by the Exchange when it logs the envelope
 
     def to_wire(self) -> dict[str, Any]:
         return {
+            "seq": self.seq,
             "timestamp": self.timestamp,
             "namespace": self.namespace,
             "topic": self.topic,
@@ -127,6 +129,9 @@ class Subscribe:
     token: str
     filters: tuple[str, ...] = ()
     subscriber: Any = None
+    # Replay logged envelopes after this sequence number (or from this time) first.
+    since_seq: int | None = None
+    since_time: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +142,7 @@ class Unsubscribe:
 @dataclass(frozen=True, slots=True)
 class Subscribed:
     token: str
+    seq: int = 0  # the last logged sequence number when the subscription began
 
 
 @dataclass(frozen=True, slots=True)
