@@ -122,6 +122,8 @@ def _environment(cfg: Config) -> None:
 def run(cfg: Config) -> int:
     """Run the daemon in the foreground until SIGTERM or SIGINT."""
     log = get_logger(component="daemon")
+    # Everything the daemon, its actors and its logs create is root's alone unless said otherwise.
+    os.umask(0o077)
     state = Path(cfg.daemon.state)
     state.mkdir(mode=0o711, parents=True, exist_ok=True)
     lock = _Lock(state)

@@ -65,16 +65,40 @@ def restore_plan(state: Path) -> list[tuple[str, str]]:
     if not state.is_dir():
         return plan
     for ns_dir in sorted(state.iterdir()):
-        if not ns_dir.is_dir() or ns_dir.name.startswith(".") or ns_dir.name == "runc":
+        # A symlink in the state dir is never followed: it could lead restore anywhere.
+        if ns_dir.is_symlink() or not ns_dir.is_dir() or ns_dir.name.startswith(".") or ns_dir.name == "runc":
             continue
         for task_dir in sorted(ns_dir.iterdir()):
-            if task_dir.name.startswith(".") or not (task_dir / "config.json").exists():
+            if (
+                task_dir.is_symlink()
+                or task_dir.name.startswith(".")
+                or not (task_dir / "config.json").exists()
+            ):
                 continue
             try:
                 plan.append((validate_namespace(ns_dir.name), validate(task_dir.name)))
             except InvalidArgument:
                 continue
     return plan
+
+
+def check_rootfs(rootfs: str, config: Any) -> None:
+    """A rootfs must be a real directory of its own: not the host's root (through a symlink or
+    not), and not the daemon's state or root dir, or any directory holding them."""
+    if not rootfs:
+        return
+    if not os.path.isabs(rootfs):
+        raise InvalidArgument(f"rootfs {rootfs!r} must be an absolute path")
+    real = Path(os.path.realpath(rootfs))
+    if not real.is_dir():
+        raise InvalidArgument(f"rootfs {rootfs!r} is not a directory")
+    for own in (Path(config.daemon.state), Path(config.daemon.root)):
+        own_real = Path(os.path.realpath(own))
+        if real == own_real or real in own_real.parents:
+            # A container must never see the daemon's key, database or bundles.
+            raise InvalidArgument(f"rootfs {rootfs!r} is (or holds) the daemon's own {own}")
+    if real == Path("/"):
+        raise InvalidArgument(f"rootfs {rootfs!r} is the host's root directory")
 
 
 class RuntimeActor(ContactorActor):
@@ -159,6 +183,7 @@ class RuntimeActor(ContactorActor):
             if live_shim(path):
                 raise AlreadyExists(f"task {cid}: a shim still owns its bundle")
             delete_bundle(path)
+        check_rootfs(str(record.get("rootfs") or ""), self.config)
         spec = check_spec(record.get("spec"))
         # Placement is the runtime's: every task's cgroup sits where the monitor and cleanup look.
         cfg = self.config.cgroups
