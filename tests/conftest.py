@@ -14,7 +14,6 @@ import select
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -239,155 +238,11 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
-# -- the daemon -----------------------------------------------------------------------------------------
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Daemon:
-    """A contactor daemon of this test's own: its dirs, socket, port, and process."""
-
-    config: Path
-    state: Path
-    root: Path
-    address: str
-    log: Path
-    namespace: str
-    proc: subprocess.Popen[bytes] | None = None
-
-    def client(self) -> Any:
-        from actors.client import Client
-
-        return Client(self.address, namespace=self.namespace)
-
-    def start(self, timeout: float = 60) -> None:
-        from actors.client import Client
-        from actors.errdefs import Unavailable
-
-        logf = open(self.log, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "actors.cli", "--config", str(self.config), "daemon"],
-            stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True, cwd=REPO,
-        )  # fmt: skip
-        logf.close()
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                pytest.fail(f"daemon exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
-            try:
-                with Client(self.address, timeout=2) as c:
-                    if "gateway" in c.health()["ready"]:
-                        return
-            except Unavailable:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"daemon not ready after {timeout}s: {self.log.read_text()[-2000:]}")
-            time.sleep(0.05)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def actor_pgid(self) -> int | None:
-        try:
-            return int((self.state / "actors.pgid").read_text())
-        except (OSError, ValueError):
-            return None
-
-    def kill_all(self) -> None:
-        """SIGKILL every daemon process (supervisor, admin, actors), never the shims."""
-        pgid = self.actor_pgid()
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        self.proc = None
-        if pgid:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
-            wait_for(lambda: not _group_members(pgid), 15, "the actor system's processes to die")
-
-
-def _group_members(pgid: int) -> list[int]:
-    import psutil
-
-    out = []
-    for p in psutil.process_iter():
-        with contextlib.suppress(psutil.Error, ProcessLookupError):
-            if os.getpgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE:
-                out.append(p.pid)
-    return out
-
-
-def _shims_under(state: Path) -> list[int]:
-    import psutil
-
-    out = []
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = p.info.get("cmdline") or []
-        if any("actors.shim" in c or c.endswith("contactor-shim") for c in cmd[:3]) and any(
-            c.startswith(str(state)) for c in cmd
-        ):
-            with contextlib.suppress(psutil.Error):
-                if p.status() != psutil.STATUS_ZOMBIE:
-                    out.append(p.pid)
-    return out
+from actors.testing import Daemon, private_daemon  # noqa: E402
 
 
 @pytest.fixture
 def daemon(tmp_path: Path, namespace: str) -> Iterator[Daemon]:
     """A running daemon on private dirs; afterwards every task, shim and record of it is gone."""
-    state, root = tmp_path / "state", tmp_path / "root"
-    address = str(tmp_path / "contactor.sock")
-    conf = tmp_path / "contactor.toml"
-    conf.write_text(
-        f'[daemon]\nstate = "{state}"\nroot = "{root}"\naddress = "{address}"\nadmin_port = {free_port()}\n'
-        '[runtime]\nshim_debug = true\n[log]\nlevel = "debug"\n'
-    )
-    d = Daemon(conf, state, root, address, tmp_path / "daemon.log", namespace)
-    d.start()
-    yield d
-    problems = []
-    if d.proc is None:
-        d.start()
-    try:
-        with d.client() as c:
-            for t in c.list_tasks():
-                c.delete_task(t.id, force=True)
-            for rec in c.list_containers():
-                c.delete_container(rec["id"])
-    except Exception as exc:
-        problems.append(f"could not clean up through the daemon: {exc}")
-    pgid = d.actor_pgid()
-    d.stop()
-    if pgid and _group_members(pgid):
-        problems.append(f"actor system processes left: {_group_members(pgid)}")
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
-    left = _shims_under(state)
-    if left:
-        problems.append(f"shims left running: {left}")
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-    for ns_dir in state.glob("*"):
-        for bundle in ns_dir.glob("*"):
-            if (bundle / "config.json").exists():
-                problems.append(f"bundle left: {bundle}")
-                subprocess.run(["runc", "--root", str(state / "runc" / ns_dir.name), "delete", "--force",
-                                bundle.name], capture_output=True, check=False)  # fmt: skip
-                unmount_all(str(bundle / "rootfs"))
-                delete_bundle(bundle)
-    assert not problems, "; ".join(problems)
+    with private_daemon(tmp_path, namespace) as d:
+        yield d

@@ -33,7 +33,10 @@ KNOWN_GATEWAY = sorted(m for m in gp.METHODS if m != gp.SUBSCRIBE)
 # Requests that must not change anything: reads, and writes aimed at names that do not exist.
 PARAM_NAMES = ["id", "namespace", "signal", "spec", "filters", "exec_id", "labels", "fieldpaths", "all"]
 gateway_frames = st.fixed_dictionaries(
-    {"id": st.integers(0, 2**31), "method": st.sampled_from([*KNOWN_GATEWAY, "x", ""]) | st.text(max_size=12)},
+    {
+        "id": st.integers(0, 2**31),
+        "method": st.sampled_from([*KNOWN_GATEWAY, "x", ""]) | st.text(max_size=12),
+    },
     optional={
         "params": st.dictionaries(st.sampled_from(PARAM_NAMES) | st.text(max_size=8), values, max_size=5)
     },

@@ -1,0 +1,233 @@
+"""Fault injection for your own tests: a private contactor daemon, and its shims to kill.
+
+Installed as a pytest plugin (entry point ``contactor``), so a test can say::
+
+    def test_my_code_sees_the_exit(contactor_daemon, kill_shim):
+        with contactor_daemon.client() as c:
+            ...create and start task "t1"...
+            kill_shim("t1")
+            assert c.wait("t1")["exit_status"] == 137
+
+``contactor_daemon`` runs a daemon on temporary state and root dirs, a private
+socket and a free admin port, in a namespace of its own, and removes
+everything afterwards (tasks, shims, bundles, records, its actor system).
+``shim_of(task_id)`` is the pid of a task's shim; ``kill_shim(task_id)`` SIGKILLs
+it and waits until the daemon has cleaned up after it.  ``Daemon.kill_all()``
+kills every daemon process but the shims; ``Daemon.start()`` brings it back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors.bundle import delete_bundle
+from actors.mount import unmount_all
+
+__all__ = ["Daemon", "private_daemon", "contactor_daemon", "shim_of", "kill_shim"]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Daemon:
+    """A contactor daemon of this test's own: its dirs, socket, port, and process."""
+
+    config: Path
+    state: Path
+    root: Path
+    address: str
+    log: Path
+    namespace: str
+    proc: subprocess.Popen[bytes] | None = None
+
+    def client(self) -> Any:
+        from actors.client import Client
+
+        return Client(self.address, namespace=self.namespace)
+
+    def start(self, timeout: float = 60) -> None:
+        from actors.client import Client
+        from actors.errdefs import Unavailable
+
+        logf = open(self.log, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "actors.cli", "--config", str(self.config), "daemon"],
+            stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True,
+        )  # fmt: skip
+        logf.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"daemon exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}"
+                )
+            try:
+                with Client(self.address, timeout=2) as c:
+                    if "gateway" in c.health()["ready"]:
+                        return
+            except Unavailable:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"daemon not ready after {timeout}s: {self.log.read_text()[-2000:]}")
+            time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def actor_pgid(self) -> int | None:
+        try:
+            return int((self.state / "actors.pgid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def kill_all(self) -> None:
+        """SIGKILL every daemon process (supervisor, admin, actors), never the shims."""
+        pgid = self.actor_pgid()
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self.proc = None
+        if pgid:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+            deadline = time.monotonic() + 15
+            while _group_members(pgid) and time.monotonic() < deadline:
+                time.sleep(0.02)
+
+
+def _group_members(pgid: int) -> list[int]:
+    import psutil
+
+    out = []
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p.pid)
+    return out
+
+
+def _shims_under(state: Path) -> list[int]:
+    import psutil
+
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info.get("cmdline") or []
+        if any("actors.shim" in c or c.endswith("contactor-shim") for c in cmd[:3]) and any(
+            c.startswith(str(state)) for c in cmd
+        ):
+            with contextlib.suppress(psutil.Error):
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    out.append(p.pid)
+    return out
+
+
+@contextlib.contextmanager
+def private_daemon(tmp_path: Path, namespace: str = "default") -> Iterator[Daemon]:
+    """A running daemon on private dirs and a free port; afterwards every task, shim, bundle and
+    record of it is gone, and an AssertionError says what had to be cleaned up by force."""
+    state, root = tmp_path / "state", tmp_path / "root"
+    address = str(tmp_path / "contactor.sock")
+    conf = tmp_path / "contactor.toml"
+    conf.write_text(
+        f'[daemon]\nstate = "{state}"\nroot = "{root}"\naddress = "{address}"\nadmin_port = {free_port()}\n'
+        '[runtime]\nshim_debug = true\n[log]\nlevel = "debug"\n'
+    )
+    d = Daemon(conf, state, root, address, tmp_path / "daemon.log", namespace)
+    d.start()
+    yield d
+    problems = []
+    if d.proc is None:
+        d.start()
+    try:
+        with d.client() as c:
+            for t in c.list_tasks():
+                c.delete_task(t.id, force=True)
+            for rec in c.list_containers():
+                c.delete_container(rec["id"])
+    except Exception as exc:
+        problems.append(f"could not clean up through the daemon: {exc}")
+    pgid = d.actor_pgid()
+    d.stop()
+    if pgid and _group_members(pgid):
+        problems.append(f"actor system processes left: {_group_members(pgid)}")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+    left = _shims_under(state)
+    if left:
+        problems.append(f"shims left running: {left}")
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    for ns_dir in state.glob("*"):
+        for bundle in ns_dir.glob("*"):
+            if (bundle / "config.json").exists():
+                problems.append(f"bundle left: {bundle}")
+                subprocess.run(["runc", "--root", str(state / "runc" / ns_dir.name), "delete", "--force",
+                                bundle.name], capture_output=True, check=False)  # fmt: skip
+                unmount_all(str(bundle / "rootfs"))
+                delete_bundle(bundle)
+    assert not problems, "; ".join(problems)
+
+
+@pytest.fixture
+def contactor_daemon(tmp_path: Path) -> Iterator[Daemon]:
+    """A private contactor daemon in a namespace of its own, removed with all it ran afterwards."""
+    with private_daemon(tmp_path, f"t{uuid.uuid4().hex[:10]}") as d:
+        yield d
+
+
+@pytest.fixture
+def shim_of(contactor_daemon: Daemon) -> Callable[[str], int]:
+    """``shim_of(task_id)``: the pid of that task's shim."""
+
+    def find(task_id: str) -> int:
+        with contactor_daemon.client() as c:
+            for t in c.list_tasks():
+                if t.id == task_id:
+                    return int(t.shim_pid)
+        raise LookupError(f"no task {task_id!r}")
+
+    return find
+
+
+@pytest.fixture
+def kill_shim(contactor_daemon: Daemon, shim_of: Callable[[str], int]) -> Callable[[str], None]:
+    """``kill_shim(task_id)``: SIGKILL the task's shim and wait until the daemon cleaned up after it."""
+
+    def kill(task_id: str, timeout: float = 30.0) -> None:
+        os.kill(shim_of(task_id), signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        with contactor_daemon.client() as c:
+            while any(t.id == task_id for t in c.list_tasks()):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the daemon did not clean up after {task_id}'s shim in {timeout}s")
+                time.sleep(0.02)
+
+    return kill
