@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from actors import config as configuration
+from actors import restart
 from actors.client import Client, Task
 from actors.errdefs import EXIT_CODES, ContactorError, InvalidArgument, NotFound
 from actors.identifiers import validate
@@ -199,8 +200,12 @@ class Commands:
         rootfs = Path(a.rootfs).resolve()
         if not (rootfs / "bin").is_dir():
             raise InvalidArgument(f"rootfs {a.rootfs} has no bin/: build one with scripts/mkrootfs")
+        labels = _pairs(a.label, "label")
+        if a.restart:
+            restart.parse(a.restart)
+            labels[restart.LABEL] = a.restart
         record = self.client.create_container(a.id, self._spec(), str(rootfs), a.runtime or self.cfg.runtime.name,
-                                              _pairs(a.label, "label"))  # fmt: skip
+                                              labels)  # fmt: skip
         self.out(record, lambda: None)
         return 0
 
@@ -284,10 +289,10 @@ class Commands:
         tasks = self.client.list_tasks()
 
         def text() -> None:
-            print(f"{'TASK':<24} {'PID':>8} {'STATUS':<8} EXIT")
+            print(f"{'TASK':<24} {'PID':>8} {'STATUS':<8} {'EXIT':>4} RESTARTS")
             for t in tasks:
                 exit_status = "" if t.status != "stopped" else str(t.exit_status)
-                print(f"{t.id:<24} {t.pid:>8} {t.status.upper():<8} {exit_status}")
+                print(f"{t.id:<24} {t.pid:>8} {t.status.upper():<8} {exit_status:>4} {t.restarts}")
 
         self.out([_task_dict(t) for t in tasks], text)
         return 0
@@ -442,6 +447,7 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--memory-limit", type=int, metavar="BYTES")
         c.add_argument("--cpus", type=float)
         c.add_argument("--pids-limit", type=int)
+        c.add_argument("--restart", metavar="POLICY", help="no, on-failure[:N], always or unless-stopped")
         c.add_argument("id")
         c.add_argument("args", nargs=argparse.REMAINDER)
 

@@ -270,6 +270,7 @@ class TaskInfo:
     bundle: str
     created_at: float
     actor_pid: int = 0
+    restarts: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +301,7 @@ class TaskSetup:
     runtime_name: str = "runc"
     rootfs: str = ""
     create: Ask | None = None
+    restart_policy: str = ""
 
 
 @dataclass(frozen=True, slots=True)

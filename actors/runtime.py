@@ -19,6 +19,7 @@ from typing import Any
 
 from thespian.actors import ChildActorExited
 
+from actors import restart
 from actors._actor import ContactorActor, error_reply
 from actors.bundle import bundle_path, create_bundle, delete_bundle
 from actors.cgroups import placement
@@ -135,14 +136,16 @@ class RuntimeActor(ContactorActor):
             return "runc"
 
     def _spawn(self, ns: str, cid: str, restore: bool, runtime_name: str, rootfs: str,
-               create: Ask | None = None) -> None:  # fmt: skip
+               create: Ask | None = None, policy: str = "") -> None:  # fmt: skip
         assert self.peers is not None
         address = self.createActor(TaskActor)
         self.tasks[(ns, cid)] = _Entry(ns, cid, address, runtime_name, rootfs)
         bundle = str(bundle_path(self.config.daemon.state, ns, cid))
         self.send(
             address,
-            TaskSetup(ns, cid, bundle, restore, self.config, self.peers, runtime_name, rootfs, create),
+            TaskSetup(
+                ns, cid, bundle, restore, self.config, self.peers, runtime_name, rootfs, create, policy
+            ),
         )
 
     # -- create ------------------------------------------------------------------------------------------
@@ -184,6 +187,8 @@ class RuntimeActor(ContactorActor):
                 raise AlreadyExists(f"task {cid}: a shim still owns its bundle")
             delete_bundle(path)
         check_rootfs(str(record.get("rootfs") or ""), self.config)
+        policy = str((record.get("labels") or {}).get(restart.LABEL, ""))
+        restart.parse(policy)  # a bad policy fails the create, before anything is made
         spec = check_spec(record.get("spec"))
         # Placement is the runtime's: every task's cgroup sits where the monitor and cleanup look.
         cfg = self.config.cgroups
@@ -193,7 +198,7 @@ class RuntimeActor(ContactorActor):
         }
         created = create_bundle(self.config.daemon.state, ns, cid, spec)
         (created / "runtime").write_text(runtime_name)
-        self._spawn(ns, cid, False, runtime_name, str(record.get("rootfs") or ""), create=ask)
+        self._spawn(ns, cid, False, runtime_name, str(record.get("rootfs") or ""), create=ask, policy=policy)
 
     # -- everything else --------------------------------------------------------------------------------
     def ask_TaskRequest(self, msg: TaskRequest, ask: Ask, sender: Any) -> None:

@@ -34,6 +34,7 @@ from typing import Any, Final
 
 from thespian.actors import ActorExitRequest
 
+from actors import restart
 from actors._actor import ContactorActor, error_reply
 from actors.bundle import delete_bundle, write_atomic
 from actors.cgroups import Host, detect, placement, remove_empty_parents, remove_task_cgroups
@@ -193,6 +194,8 @@ class TaskActor(ContactorActor):
                                       "terminal": stdio.terminal}  # fmt: skip
             if setup.rootfs:
                 params["rootfs"] = [{"type": "bind", "source": setup.rootfs, "options": ["rbind"]}]
+            # What a restart needs to create the container again, kept with the task.
+            self.state.update(create=params, policy=setup.restart_policy, restarts=0)
             pid = int(self.client.call("create", **params)["pid"])
         except Exception as exc:
             self.log.warning("task_create_failed", error=str(exc))
@@ -263,7 +266,8 @@ class TaskActor(ContactorActor):
         setup = self.setup
         assert setup is not None
         return TaskInfo(setup.namespace, setup.id, pid, status, exit_status, exited_at, self.shim_pid,
-                        str(self.bundle), float(self.state.get("created_at", 0.0)), os.getpid())  # fmt: skip
+                        str(self.bundle), float(self.state.get("created_at", 0.0)), os.getpid(),
+                        int(self.state.get("restarts", 0)))  # fmt: skip
 
     def _update_info(self, **changes: Any) -> None:
         if self.info is None:
@@ -322,6 +326,7 @@ class TaskActor(ContactorActor):
                 self.state["exit_published"] = True
                 self._update_info(status="stopped", exit_status=int(data.get("exit_status", -1)),
                                   exited_at=float(data.get("exited_at", 0.0)))  # fmt: skip
+                self._consider_restart(int(data.get("exit_status", -1)), float(data.get("exited_at", 0.0)))
             else:
                 self._publish("/tasks/exit", record, timestamp=data.get("exited_at"))
             self._answer_waiters("" if is_init else str(data.get("id")), data)
@@ -497,6 +502,49 @@ class TaskActor(ContactorActor):
     def on_WakeupMessage(self, msg: Any, sender: Any) -> None:
         if msg.payload == "restore" and not self.gone:
             self._restore()
+        elif msg.payload == "restart" and not self.gone and not self.closing:
+            self._restart()
+
+    # -- restart policies ----------------------------------------------------------------------------------
+    def _consider_restart(self, exit_status: int, exited_at: float) -> None:
+        try:
+            policy = restart.parse(self.state.get("policy"))
+        except ContactorError:
+            return
+        started = float(self.state.get("started_at", 0.0))
+        if started and exited_at - started >= restart.RESET_AFTER:
+            self.state["restarts"] = 0  # it ran long enough: count anew
+        restarts = int(self.state.get("restarts", 0))
+        stopped = bool(self.state.get("stopped_by_client"))
+        if self.closing or not restart.should_restart(policy, exit_status, restarts, stopped):
+            return
+        wait = restart.delay(restarts)
+        self.log.info("restart_scheduled", restarts=restarts, seconds=wait, exit_status=exit_status)
+        self.wakeupAfter(wait, payload="restart")
+
+    def _restart(self) -> None:
+        setup = self.setup
+        assert setup is not None
+        if self.client is None or self.state.get("stopped_by_client"):
+            return
+        try:
+            st = self.client.call("state")
+            if st["status"] != "stopped":
+                return  # started again by someone, or not stopped at all
+            self.client.call("delete")
+            pid = int(self.client.call("create", **dict(self.state.get("create") or {}))["pid"])
+            self.client.call("start")
+        except ContactorError as exc:
+            self.log.error("restart_failed", error=exc.message)
+            return
+        restarts = int(self.state.get("restarts", 0)) + 1
+        self.state.update(restarts=restarts, exit_published=False, started_at=time.time())
+        self._save_state()
+        self._monitor(pid)
+        self.info = self._make_info(pid, "running")
+        self.send(self.runtime_parent, TaskReady(self.info))
+        self._publish("/tasks/restart", {"container_id": setup.id, "pid": pid, "restarts": restarts})
+        self.log.info("task_restarted", pid=pid, restarts=restarts)
 
     def on_Peers(self, msg: Peers, sender: Any) -> None:
         self.peers = msg
@@ -522,10 +570,16 @@ class TaskActor(ContactorActor):
         if op == "start":
             result = self.client.call("start", **params)
             if not exec_id:
+                self.state["started_at"] = time.time()
+                self._save_state()
                 self._update_info(status="running")
                 self._publish("/tasks/start", {"container_id": msg.id, "pid": result.get("pid")})
             return TaskReply(result)
         if op == "kill":
+            if not exec_id:
+                # An explicit kill by a client is never undone by a restart policy.
+                self.state["stopped_by_client"] = True
+                self._save_state()
             return TaskReply(self.client.call("kill", **params))
         if op in ("pause", "resume"):
             result = self.client.call(op)

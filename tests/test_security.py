@@ -12,8 +12,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import Daemon, _group_members
+from conftest import Daemon
 
+from actors.testing import _group_members
 from actors.transport import Refused, Serializer, load_key
 
 

@@ -215,9 +215,12 @@ class ShimService:
         self._own_pid_ns = any(n.get("type") == "pid" and not n.get("path") for n in namespaces)
         proc = Process("", terminal, _str(params, "stdin"), _str(params, "stdout"), _str(params, "stderr"))
         with self._lock:
-            if self.init is not None:
+            if self.init is not None and self.init.state is not State.DELETED:
                 raise AlreadyExists(f"container {self.cid} already created")
+            # After a delete the same shim may create the container again (a restart policy does).
             self.init = proc
+            self._by_pid = {pid: p for pid, p in self._by_pid.items() if not p.is_init}
+        _unlink_quietly(self._path("init.exit"))
         try:
             with proc.op_lock, contextlib.ExitStack() as undo:
                 if mounts:
