@@ -108,6 +108,26 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    max_frame: int = 4 * 1024 * 1024
+    max_connections: int = 512
+    max_backlog: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class EventsConfig:
+    max_entries: int = 100_000
+    max_age: float = 7 * 24 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class RestartConfig:
+    base: float = 0.2
+    cap: float = 30.0
+    reset_after: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
@@ -115,6 +135,9 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    restart: RestartConfig = field(default_factory=RestartConfig)
 
     @property
     def runtime_root(self) -> Path:
@@ -152,6 +175,9 @@ _SECTIONS: Final[dict[str, type]] = {
     "log": LogConfig,
     "network": NetworkConfig,
     "cluster": ClusterConfig,
+    "gateway": GatewayConfig,
+    "events": EventsConfig,
+    "restart": RestartConfig,
 }
 
 
@@ -225,7 +251,30 @@ def _build(document: dict[str, Any], source: str) -> Config:
         key_file=s.optional_abspath("key_file"),
     )
 
-    return Config(daemon=daemon, runtime=runtime, cgroups=cgroups, log=log, network=network, cluster=cluster)
+    s = section("gateway")
+    g = GatewayConfig()
+    gateway = GatewayConfig(
+        max_frame=s.positive("max_frame", g.max_frame, 1 << 30),
+        max_connections=s.positive("max_connections", g.max_connections, 65536),
+        max_backlog=s.positive("max_backlog", g.max_backlog, 1 << 34),
+    )
+    s = section("events")
+    e = EventsConfig()
+    events = EventsConfig(
+        max_entries=s.positive("max_entries", e.max_entries, 1 << 40),
+        max_age=s.seconds("max_age", e.max_age),
+    )
+    s = section("restart")
+    rs = RestartConfig()
+    restart = RestartConfig(
+        base=s.seconds("base", rs.base),
+        cap=s.seconds("cap", rs.cap),
+        reset_after=s.seconds("reset_after", rs.reset_after),
+    )
+    if restart.cap < restart.base:
+        s.fail("cap", f"must not be less than restart.base ({restart.base})")
+    return Config(daemon=daemon, runtime=runtime, cgroups=cgroups, log=log, network=network, cluster=cluster,
+                  gateway=gateway, events=events, restart=restart)  # fmt: skip
 
 
 class _Section:
@@ -258,6 +307,18 @@ class _Section:
 
     def integer(self, key: str, default: int) -> int:
         return cast(int, self._typed(key, default, int, "an integer"))
+
+    def positive(self, key: str, default: int, most: int) -> int:
+        value = self.integer(key, default)
+        if not 1 <= value <= most:
+            self.fail(key, f"must be from 1 to {most}, not {value}")
+        return value
+
+    def seconds(self, key: str, default: float) -> float:
+        value = self._table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            self.fail(key, f"must be a positive number of seconds, not {value!r}")
+        return float(value)
 
     def strings(self, key: str) -> tuple[str, ...]:
         value = cast(list[object], self._typed(key, [], list, "an array of strings"))

@@ -167,7 +167,8 @@ def _serve_once(cfg: Config, state: Path, stop_r: int, stopping: list[int], log:
     from actors.transport import load_key, secure
 
     # Before the system starts: the admin and every actor are forked from here and inherit it.
-    secure(load_key(Path(cfg.daemon.root) / "transport.key"), bind_host="127.0.0.1")
+    # A cluster shares one key (cluster.key_file); a single node makes its own at first start.
+    secure(load_key(cfg.cluster.key_file or Path(cfg.daemon.root) / "transport.key"), bind_host="127.0.0.1")
 
     started = time.monotonic()
     asys = ActorSystem("multiprocTCPBase", {"Admin Port": cfg.daemon.admin_port}, logDefs=_THESPIAN_LOGS,

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
+from actors.errdefs import FailedPrecondition, InvalidArgument
 from actors.messages import Envelope
 
 __all__ = ["EventLog", "MAX_ENTRIES", "MAX_AGE"]
@@ -68,6 +69,14 @@ class EventLog:
     def since(self, seq: int | None = None, timestamp: float | None = None) -> Iterator[Envelope]:
         """Logged envelopes after ``seq`` (or at/after ``timestamp``), oldest first."""
         if seq is not None:
+            oldest = self.db.execute("SELECT MIN(seq) FROM events").fetchone()[0]
+            if seq > self.seq:
+                raise InvalidArgument(f"since {seq} is past the last event ({self.seq})")
+            if oldest is not None and seq < oldest - 1:
+                raise FailedPrecondition(
+                    f"events {seq + 1} to {oldest - 1} are no longer in the log (it keeps the newest); "
+                    f"subscribe since {oldest - 1} or later"
+                )
             rows = self.db.execute("SELECT * FROM events WHERE seq > ? ORDER BY seq", (seq,))
         elif timestamp is not None:
             rows = self.db.execute("SELECT * FROM events WHERE timestamp >= ? ORDER BY seq", (timestamp,))

@@ -73,7 +73,10 @@ class Exchange(ContactorActor):
 
     def on_Configure(self, msg: Configure, sender: Any) -> None:
         if self.log_ is None:
-            self.log_ = EventLog(Path(msg.config.daemon.root) / "events.db")
+            limits = msg.config.events
+            self.log_ = EventLog(
+                Path(msg.config.daemon.root) / "events.db", limits.max_entries, limits.max_age
+            )
         self.send(sender, Ready(self.role, os.getpid()))
 
     def on_Publish(self, msg: Publish, sender: Any) -> None:

@@ -39,10 +39,8 @@ from actors.messages import (
     Unsubscribe,
 )
 
-__all__ = ["Gateway", "MAX_BACKLOG", "MAX_CONNECTIONS"]
+__all__ = ["Gateway"]
 
-MAX_BACKLOG: Final = 16 * 1024 * 1024
-MAX_CONNECTIONS: Final = 512
 _HEADER: Final = struct.Struct(">I")
 
 
@@ -68,10 +66,12 @@ class Gateway(ContactorActor):
         self.peers: Peers | None = None
         self.supervisor: Any = None
         self.flush_scheduled = False
+        self.limits: Any = None
 
     # -- set-up -----------------------------------------------------------------------------------------
     def on_Configure(self, msg: Configure, sender: Any) -> None:
         self.peers, self.supervisor = msg.peers, sender
+        self.limits = msg.config.gateway
         if self.listener is None:
             self._listen(Path(msg.config.daemon.address))
         self.send(sender, Ready(self.role, os.getpid()))
@@ -119,7 +119,7 @@ class Gateway(ContactorActor):
             except (BlockingIOError, InterruptedError):
                 return
             _, uid, _ = wire.peer_credentials(sock)
-            if uid not in (0, os.geteuid()) or len(self.conns) >= MAX_CONNECTIONS:
+            if uid not in (0, os.geteuid()) or len(self.conns) >= self.limits.max_connections:
                 self.log.warning("gateway_refused", uid=uid, connections=len(self.conns))
                 sock.close()
                 continue
@@ -140,7 +140,7 @@ class Gateway(ContactorActor):
         conn.inbuf += data
         while len(conn.inbuf) >= _HEADER.size:
             (length,) = _HEADER.unpack_from(conn.inbuf)
-            if length > wire.MAX_FRAME:
+            if length > min(self.limits.max_frame, wire.MAX_FRAME):
                 self.log.warning("gateway_frame_too_large", length=length)
                 self._close(fd)
                 return
@@ -276,7 +276,7 @@ class Gateway(ContactorActor):
                     return
                 break
             del conn.outbuf[:n]
-        if len(conn.outbuf) > MAX_BACKLOG:
+        if len(conn.outbuf) > self.limits.max_backlog:
             self.log.warning("gateway_slow_client_dropped", backlog=len(conn.outbuf))
             self._close(fd)
         elif conn.outbuf and not self.flush_scheduled:

@@ -4,8 +4,9 @@ A container's policy is its label ``contactor.restart``: ``no`` (the
 default), ``on-failure[:N]`` (a non-zero exit, at most N times), ``always``,
 or ``unless-stopped``.  Exits drive it (the TaskActor asks ``should_restart``
 on each exit of the init process).  An explicit kill or delete by a client is
-never undone, whatever the policy.  Delays grow exponentially from ``BASE``
-to ``CAP``; a task that ran for ``RESET_AFTER`` seconds starts counting anew.
+never undone, whatever the policy.  Delays grow exponentially from
+``restart.base`` to ``restart.cap`` (configuration; ``BASE`` and ``CAP`` are
+their defaults); a task that ran ``restart.reset_after`` seconds counts anew.
 """
 
 from __future__ import annotations

@@ -511,14 +511,16 @@ class TaskActor(ContactorActor):
             policy = restart.parse(self.state.get("policy"))
         except ContactorError:
             return
+        assert self.setup is not None
+        limits = self.setup.config.restart
         started = float(self.state.get("started_at", 0.0))
-        if started and exited_at - started >= restart.RESET_AFTER:
+        if started and exited_at - started >= limits.reset_after:
             self.state["restarts"] = 0  # it ran long enough: count anew
         restarts = int(self.state.get("restarts", 0))
         stopped = bool(self.state.get("stopped_by_client"))
         if self.closing or not restart.should_restart(policy, exit_status, restarts, stopped):
             return
-        wait = restart.delay(restarts)
+        wait = restart.delay(restarts, limits.base, limits.cap)
         self.log.info("restart_scheduled", restarts=restarts, seconds=wait, exit_status=exit_status)
         self.wakeupAfter(wait, payload="restart")
 

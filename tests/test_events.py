@@ -105,3 +105,25 @@ def test_events_command_prints_seq_and_replays(daemon: Daemon, rootfs: Path) -> 
         proc.wait()
         if proc.stdout:
             proc.stdout.close()
+
+
+def test_a_bounded_log_says_clearly_what_it_no_longer_has(tmp_path: Path) -> None:
+    import pytest
+
+    from actors.errdefs import FailedPrecondition, InvalidArgument
+    from actors.eventlog import EventLog
+    from actors.events import envelope
+
+    log = EventLog(tmp_path / "events.db", max_entries=10, max_age=3600)
+    for i in range(2500):
+        log.append(envelope("ns", "/tasks/start", {"container_id": f"c{i}"}))
+    kept = list(log.since(2490))
+    assert [e.seq for e in kept] == list(range(2491, 2501))
+    with pytest.raises(FailedPrecondition, match="no longer in the log"):
+        list(log.since(5))
+    with pytest.raises(InvalidArgument, match="past the last event"):
+        list(log.since(9999))
+    log.close()
+    reopened = EventLog(tmp_path / "events.db")
+    assert reopened.seq == 2500, "numbering goes on after a restart"
+    reopened.close()
