@@ -14,6 +14,7 @@ import itertools
 import queue
 import socket
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
@@ -220,36 +221,62 @@ class Client:
         self.call("tasks.update", id=id, resources=resources)
 
     # -- events -------------------------------------------------------------------------------------------
+    def publish(self, topic: str, event: dict[str, Any]) -> int:
+        """Publish an event of your own in this client's namespace; returns its sequence number."""
+        return int(self.call("events.publish", topic=topic, event=event)["seq"])
+
     def events(
         self, filters: Sequence[str] = (), timeout: float | None = None, since: int | None = None,
-        since_time: float | None = None,
+        since_time: float | None = None, resume_for: float = 60.0,
     ) -> Iterator[dict[str, Any]]:  # fmt: skip
-        """Envelopes matching any of ``filters``; ends when the daemon goes away.
+        """Envelopes matching any of ``filters``, each once and in order of ``seq``.
 
         With ``since`` (a sequence number: every envelope carries its ``seq``) or
         ``since_time`` (seconds since the epoch) the logged envelopes after it come
-        first, then live ones, with no gap and no duplicate between them.
-        ``timeout`` bounds the wait for each next event (Unavailable after it).
+        first, then live ones, with no gap and no duplicate between them.  The
+        iterator resumes by itself: when the Gateway says this subscriber lost
+        events (it read too slowly) or the connection drops (a daemon restart), it
+        subscribes again since the last envelope it yielded, for up to ``resume_for``
+        seconds.  ``timeout`` bounds the wait for each next event (Unavailable after it).
         """
-        params: dict[str, Any] = {"filters": list(filters), "namespace": ""}
-        if since is not None:
-            params["since"] = since
-        if since_time is not None:
-            params["since_time"] = since_time
-        # A connection of its own: closing it ends the subscription at the Gateway.
-        conn = _Conn(self.address, 10.0)
-        _, q = conn.open("events.subscribe", params)
-        try:
-            while True:
-                try:
-                    frame = q.get(timeout=timeout)
-                except queue.Empty:
-                    raise Unavailable(f"no event within {timeout}s") from None
-                if frame is None:
-                    return
-                if "event" in frame:
-                    yield dict(frame["event"])
-                else:
-                    _unwrap(frame, "events.subscribe")  # the subscription's answer, or its error
-        finally:
-            conn.close()
+        last: int | None = since
+        first_time = since_time if since is None else None
+        deadline: float | None = None
+        while True:
+            params: dict[str, Any] = {"filters": list(filters), "namespace": ""}
+            if last is not None:
+                params["since"] = last
+            elif first_time is not None:
+                params["since_time"] = first_time
+            try:
+                conn = _Conn(self.address, 10.0)  # its own connection: closing it ends the subscription
+            except Unavailable:
+                if deadline is None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+                continue
+            deadline = None
+            try:
+                _, q = conn.open("events.subscribe", params)
+                while True:
+                    try:
+                        frame = q.get(timeout=timeout)
+                    except queue.Empty:
+                        raise Unavailable(f"no event within {timeout}s") from None
+                    if frame is None or "lost" in frame:
+                        break  # resume since the last envelope we yielded
+                    if "event" in frame:
+                        env = dict(frame["event"])
+                        seq = int(env.get("seq", 0))
+                        if last is not None and seq <= last:
+                            continue
+                        last = seq
+                        yield env
+                    else:
+                        result = _unwrap(frame, "events.subscribe")  # the subscription's answer, or its error
+                        if last is None and first_time is None:
+                            last = int(result.get("seq", 0))
+            finally:
+                conn.close()
+            first_time = None
+            deadline = time.monotonic() + resume_for

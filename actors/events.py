@@ -25,6 +25,7 @@ from actors.messages import (
     Delivery,
     Envelope,
     Publish,
+    Published,
     Ready,
     Subscribe,
     Subscribed,
@@ -80,12 +81,20 @@ class Exchange(ContactorActor):
         self.send(sender, Ready(self.role, os.getpid()))
 
     def on_Publish(self, msg: Publish, sender: Any) -> None:
+        self._publish(msg.envelope)
+
+    def ask_Publish(self, msg: Publish, ask: Ask, sender: Any) -> Published:
+        """A client's own event (containerd's Events.Publish), acknowledged with its number."""
+        return Published(self._publish(msg.envelope).seq)
+
+    def _publish(self, envelope_: Envelope) -> Envelope:
         # Logged (committed) before anyone is told: a late subscriber can always ask for it.
-        env = self.log_.append(msg.envelope) if self.log_ is not None else msg.envelope
+        env = self.log_.append(envelope_) if self.log_ is not None else envelope_
         wire = env.to_wire()
         for token, sub in list(self.subs.items()):
             if sub.filter.match(wire):
                 self.send(sub.address, Delivery(token, env))
+        return env
 
     def ask_Subscribe(self, msg: Subscribe, ask: Ask, sender: Any) -> Subscribed:
         flt, address = parse_any(msg.filters), msg.subscriber or sender

@@ -277,6 +277,7 @@ class Gateway(ContactorActor):
                 break
             del conn.outbuf[:n]
         if len(conn.outbuf) > self.limits.max_backlog:
+            # A slow client holds up no one: it is dropped; an event subscriber resumes with since.
             self.log.warning("gateway_slow_client_dropped", backlog=len(conn.outbuf))
             self._close(fd)
         elif conn.outbuf and not self.flush_scheduled:

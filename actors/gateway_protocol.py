@@ -17,6 +17,7 @@ from dataclasses import asdict
 from typing import Any, Final
 
 from actors.errdefs import InvalidArgument
+from actors.events import envelope
 from actors.messages import (
     TASK_OPS,
     ContainerList,
@@ -30,6 +31,8 @@ from actors.messages import (
     ListContainers,
     ListTasks,
     Ok,
+    Publish,
+    Published,
     Stdio,
     Subscribed,
     TaskInfo,
@@ -44,10 +47,11 @@ __all__ = ["VERSION", "METHODS", "to_message", "to_result", "SUBSCRIBE", "HEALTH
 
 VERSION: Final = 1
 SUBSCRIBE: Final = "events.subscribe"
+PUBLISH: Final = "events.publish"
 HEALTH: Final = "health"
 METHODS: Final = frozenset(
     {"containers.create", "containers.get", "containers.list", "containers.update", "containers.delete",
-     "tasks.create", "tasks.list", SUBSCRIBE, HEALTH} | {f"tasks.{op}" for op in TASK_OPS}
+     "tasks.create", "tasks.list", SUBSCRIBE, PUBLISH, HEALTH} | {f"tasks.{op}" for op in TASK_OPS}
 )  # fmt: skip
 
 
@@ -111,6 +115,11 @@ def to_message(method: str, params: dict[str, Any]) -> tuple[str, Any]:
         return "runtime", CreateTask(ns, _str(params, "id", ""), stdio)
     if method == "tasks.list":
         return "runtime", ListTasks(ns or None)
+    if method == PUBLISH:
+        event = params.get("event", {})
+        if not isinstance(event, dict):
+            raise InvalidArgument("event must be a map")
+        return "exchange", Publish(envelope(ns, _str(params, "topic", ""), event))
     if method == HEALTH:
         return "supervisor", Health()
     op = method.split(".", 1)[1]
@@ -136,4 +145,6 @@ def to_result(reply: Any) -> dict[str, Any]:
         return {"subscribed": True, "seq": reply.seq}
     if isinstance(reply, Ok):
         return {}
+    if isinstance(reply, Published):
+        return {"seq": reply.seq}
     return {"value": repr(reply)}

@@ -123,6 +123,11 @@ class Publish:
 
 
 @dataclass(frozen=True, slots=True)
+class Published:
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
 class Subscribe:
     """Subscribe the sender (or ``subscriber``) to envelopes matching any of ``filters``."""
 

@@ -149,23 +149,49 @@ def _shims_under(state: Path) -> list[int]:
 
 
 @contextlib.contextmanager
-def private_daemon(tmp_path: Path, namespace: str = "default") -> Iterator[Daemon]:
+def private_daemon(tmp_path: Path, namespace: str = "default", extra_config: str = "") -> Iterator[Daemon]:
     """A running daemon on private dirs and a free port; afterwards every task, shim, bundle and
-    record of it is gone, and an AssertionError says what had to be cleaned up by force."""
+    record of it is gone, and an AssertionError says what had to be cleaned up by force.
+    ``extra_config`` is TOML appended to its configuration (sections other than daemon/runtime/log)."""
     state, root = tmp_path / "state", tmp_path / "root"
     address = str(tmp_path / "contactor.sock")
     conf = tmp_path / "contactor.toml"
     conf.write_text(
         f'[daemon]\nstate = "{state}"\nroot = "{root}"\naddress = "{address}"\nadmin_port = {free_port()}\n'
-        '[runtime]\nshim_debug = true\n[log]\nlevel = "debug"\n'
+        '[runtime]\nshim_debug = true\n[log]\nlevel = "debug"\n' + extra_config
     )
     d = Daemon(conf, state, root, address, tmp_path / "daemon.log", namespace)
     d.start()
-    yield d
-    problems = []
-    if d.proc is None:
-        d.start()
     try:
+        yield d
+    finally:
+        # Also when the test failed: nothing it started may outlive it.
+        problems = _tear_down(d)
+    assert not problems, "; ".join(problems)
+
+
+def _read_pid(path: Path) -> int:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def _tear_down(d: Daemon) -> list[str]:
+    """Remove everything a private daemon ran; returns what had to be removed by force."""
+    state = d.state
+    problems: list[str] = []
+    try:
+        if d.proc is None:
+            d.start()
         with d.client() as c:
             for t in c.list_tasks():
                 c.delete_task(t.id, force=True)
@@ -179,6 +205,11 @@ def private_daemon(tmp_path: Path, namespace: str = "default") -> Iterator[Daemo
         problems.append(f"actor system processes left: {_group_members(pgid)}")
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
+    factory = _read_pid(state / "shim-factory.pid")
+    if factory and _alive(factory):
+        problems.append(f"shim factory left running: {factory}")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(factory, signal.SIGKILL)
     left = _shims_under(state)
     if left:
         problems.append(f"shims left running: {left}")
@@ -193,7 +224,7 @@ def private_daemon(tmp_path: Path, namespace: str = "default") -> Iterator[Daemo
                                 bundle.name], capture_output=True, check=False)  # fmt: skip
                 unmount_all(str(bundle / "rootfs"))
                 delete_bundle(bundle)
-    assert not problems, "; ".join(problems)
+    return problems
 
 
 @pytest.fixture

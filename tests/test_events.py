@@ -127,3 +127,19 @@ def test_a_bounded_log_says_clearly_what_it_no_longer_has(tmp_path: Path) -> Non
     reopened = EventLog(tmp_path / "events.db")
     assert reopened.seq == 2500, "numbering goes on after a restart"
     reopened.close()
+
+
+def test_the_client_iterator_resumes_across_a_daemon_restart(daemon: Daemon) -> None:
+    got: list[dict[str, Any]] = []
+    with daemon.client() as c:
+        c.publish("/probe/before", {"n": "1"})
+        t = collect(c, got, filters=['topic~="^/probe/"'], since=0)
+        wait_for(lambda: len(got) == 1, 30, "the first event")
+        daemon.stop()
+        daemon.start()
+    with daemon.client() as c:
+        c.publish("/probe/after", {"n": "2"})
+        wait_for(lambda: len(got) == 2, 60, "the event after the restart, through the same iterator")
+    assert [e["topic"] for e in got] == ["/probe/before", "/probe/after"]
+    assert got[1]["seq"] == got[0]["seq"] + 1 or got[1]["seq"] > got[0]["seq"]
+    del t
