@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["starttime", "pid_file_line", "read_pid_file", "is_alive_process"]
+__all__ = ["starttime", "pid_file_line", "read_pid_file", "is_alive_process", "wait_exit"]
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -47,3 +47,18 @@ def is_alive_process(pid: int, start: int) -> bool:
     if not fields or len(fields) <= 19 or fields[0] in ("Z", "X"):
         return False
     return start == 0 or int(fields[19]) == start
+
+
+def wait_exit(pid: int, timeout: float) -> bool:
+    """Wait until ``pid`` exits, through a pidfd: it works for a process that is not our child,
+    and an exited zombie counts as gone (PID 1 may reap orphans late).  True once it is gone."""
+    import select
+
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)

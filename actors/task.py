@@ -58,7 +58,7 @@ from actors.messages import (
     TaskSetup,
 )
 from actors.mount import unmount_all
-from actors.procs import is_alive_process, read_pid_file
+from actors.procs import is_alive_process, read_pid_file, wait_exit
 from actors.runc import Runtime
 from actors.shim.client import DEFAULT_SHIM, ShimClient, start_shim
 
@@ -357,14 +357,7 @@ class TaskActor(ContactorActor):
             return True
         if self.pidfd >= 0:
             return bool(select.select([self.pidfd], [], [], timeout)[0])
-        try:
-            fd = os.pidfd_open(self.shim_pid)
-        except ProcessLookupError:
-            return True
-        try:
-            return bool(select.select([fd], [], [], timeout)[0])
-        finally:
-            os.close(fd)
+        return wait_exit(self.shim_pid, timeout)
 
     def _cleanup_runtime_state(self, init_pid: int = 0) -> None:
         """Remove the container from the runtime, under this namespace's root (never the default root).

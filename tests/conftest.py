@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -26,6 +25,7 @@ import pytest
 from actors.bundle import create_bundle, delete_bundle
 from actors.errdefs import ContactorError
 from actors.mount import unmount_all
+from actors.procs import wait_exit
 from actors.shim.client import ShimClient, ShimHandle, start_shim
 from actors.spec import default_spec
 
@@ -34,16 +34,7 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_PARENT = "contactor"
 
 
-def wait_pid_gone(pid: int, timeout: float) -> bool:
-    """Wait for a process to exit, through a pidfd (works for non-children; zombies count as gone)."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(select.select([fd], [], [], timeout)[0])
-    finally:
-        os.close(fd)
+wait_pid_gone = wait_exit
 
 
 def pid_alive(pid: int) -> bool:
