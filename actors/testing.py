@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 
 from actors.bundle import delete_bundle
+from actors.cgroups import remove_empty_parents
 from actors.mount import unmount_all
 
 __all__ = ["Daemon", "private_daemon", "contactor_daemon", "shim_of", "kill_shim"]
@@ -224,6 +225,8 @@ def _tear_down(d: Daemon) -> list[str]:
                                 bundle.name], capture_output=True, check=False)  # fmt: skip
                 unmount_all(str(bundle / "rootfs"))
                 delete_bundle(bundle)
+    # The daemon keeps its cgroup parent; a test's daemon leaves not even that, once it is empty.
+    remove_empty_parents(f"/contactor/{d.namespace}")
     return problems
 
 
