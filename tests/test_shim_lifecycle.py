@@ -126,14 +126,16 @@ def test_pause_and_resume(shims: Shims, runtime_name: str) -> None:
     pid = task.run()
     task.client.call("pause")
     assert task.client.call("state")["status"] == "paused"
-    freezer = Path(f"/proc/{pid}/status").read_text()
-    assert "State:" in freezer
+    freezer = Path(f"/sys/fs/cgroup/freezer/contactor/{task.namespace}/{task.id}/freezer.state")
+    assert freezer.read_text().strip() == "FROZEN"
     with pytest.raises(FailedPrecondition):
         task.client.call("pause")
     with pytest.raises(FailedPrecondition):
         task.client.call("exec", exec_id="e1", spec={"args": ["/bin/true"]})
     task.client.call("resume")
     assert task.client.call("state")["status"] == "running"
+    assert freezer.read_text().strip() == "THAWED"
+    assert pid in [p["pid"] for p in task.client.call("pids")["processes"]]
     task.client.call("kill", signal=9)
     assert task.client.call("wait", timeout=30)["exit_status"] == 137
     task.client.call("delete")
