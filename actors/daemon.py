@@ -86,6 +86,23 @@ def _clear_stale(state: Path, log: Any) -> None:
         path.unlink()
 
 
+def _remove_empty_cgroup_parents(cfg: Config) -> None:
+    """On stop, the cgroup parent and its namespace dirs go if no container is left in them
+    (rmdir of a cgroup that still holds one fails, so running containers are never touched)."""
+    if cfg.cgroups.driver != "cgroupfs":
+        return
+    from actors.cgroups import hierarchies, remove_empty_parents
+
+    parent = str(cfg.cgroups.parent).rstrip("/")
+    for hierarchy in hierarchies():
+        base = hierarchy / parent.lstrip("/")
+        with contextlib.suppress(OSError):
+            for ns_dir in base.iterdir():
+                if ns_dir.is_dir():
+                    remove_empty_parents(f"{parent}/{ns_dir.name}")
+    remove_empty_parents(parent)
+
+
 def factory_address(state: Path) -> Path:
     return state / "shim-factory.sock"
 
@@ -151,9 +168,11 @@ def run(cfg: Config) -> int:
         if factory_pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(factory_pid, signal.SIGTERM)
-        for leftover in (state / "actors.pgid", Path(cfg.daemon.address), state / "shim-factory.pid"):
+        for leftover in (state / "actors.pgid", Path(cfg.daemon.address), state / "shim-factory.pid",
+                         factory_address(state)):  # fmt: skip
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
+        _remove_empty_cgroup_parents(cfg)
         lock.release()
         log.info("daemon_stopped")
 
