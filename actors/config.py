@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final, Literal, NoReturn, cast, get_args
 
+from actors import restart as restart_defaults
 from actors.errdefs import InvalidArgument, NotFound
 
 __all__ = [
@@ -122,9 +123,9 @@ class EventsConfig:
 
 @dataclass(frozen=True, slots=True)
 class RestartConfig:
-    base: float = 0.2
-    cap: float = 30.0
-    reset_after: float = 10.0
+    base: float = restart_defaults.BASE
+    cap: float = restart_defaults.CAP
+    reset_after: float = restart_defaults.RESET_AFTER
 
 
 @dataclass(frozen=True, slots=True)

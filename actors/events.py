@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from actors._actor import ContactorActor
 from actors.errdefs import FailedPrecondition, InvalidArgument
@@ -32,16 +32,7 @@ from actors.messages import (
     Unsubscribe,
 )
 
-__all__ = ["Exchange", "TOPICS", "envelope", "check_topic"]
-
-TOPICS: Final = frozenset(
-    {
-        "/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete", "/tasks/paused", "/tasks/resumed",
-        "/tasks/exec-added", "/tasks/exec-started", "/tasks/oom", "/tasks/checkpointed",
-        "/containers/create", "/containers/update", "/containers/delete",
-    }
-)  # fmt: skip
-
+__all__ = ["Exchange", "envelope", "check_topic"]
 
 def check_topic(topic: str) -> str:
     """containerd's rule: starts with '/', at least one component, each a valid identifier."""

@@ -224,13 +224,13 @@ class Gateway(ContactorActor):
                 del self.pending[corr]
         with contextlib.suppress(OSError):
             conn.sock.close()
+        self._rewatch()  # the watch list changes only when a connection comes or goes
 
     # -- replies and events -----------------------------------------------------------------------------
     def on_Answer(self, msg: Answer, sender: Any) -> None:
         target = self.pending.pop(msg.corr, None)
         if target is not None:
             self._reply(*target, msg.body)
-        self._rewatch()
 
     def on_Delivery(self, msg: Delivery, sender: Any) -> None:
         target = self.streams.get(msg.token)
@@ -240,7 +240,6 @@ class Gateway(ContactorActor):
             return
         fd, req_id = target
         self._write(fd, {"id": req_id, "event": msg.envelope.to_wire()})
-        self._rewatch()
 
     def _reply(self, fd: int, req_id: int, body: Any) -> None:
         if isinstance(body, ErrorReply):
@@ -289,7 +288,6 @@ class Gateway(ContactorActor):
             self.flush_scheduled = False
             for fd in list(self.conns):
                 self._flush(fd)
-        self._rewatch()
 
     def on_ActorExitRequest(self, msg: Any, sender: Any) -> None:
         for fd in list(self.conns):

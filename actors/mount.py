@@ -13,7 +13,7 @@ import errno
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 from actors.errdefs import InvalidArgument
 
@@ -127,7 +127,3 @@ def unmount_all(target: str) -> None:
         if err in (errno.EINVAL, errno.ENOENT):  # not a mount point (any more)
             return
         raise OSError(err, f"unmount {target}: {os.strerror(err)}")
-
-
-def describe(mounts: Sequence[Mount]) -> list[dict[str, Any]]:
-    return [{"type": m.type, "source": m.source, "options": list(m.options)} for m in mounts]

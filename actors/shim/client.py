@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from actors.errdefs import ContactorError, Unavailable, from_category
+from actors.errdefs import Unavailable, from_category
 from actors.procs import is_alive_process, read_pid_file
 from actors.shim import protocol
 
@@ -275,7 +275,3 @@ class ShimClient:
             if kind is None or event["event"] == kind:
                 return event
             self._skipped.append(event)  # kept, in order, for a later next_event
-
-
-def is_error(exc: BaseException, category: str) -> bool:
-    return isinstance(exc, ContactorError) and exc.category == category
