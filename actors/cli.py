@@ -395,7 +395,12 @@ class Commands:
     def events(self) -> int:
         since_seq, since_time = _since(self.args.since)
         try:
-            for env in self.client.events(self.args.filters, since=since_seq, since_time=since_time):
+            def lost(first: int, last: int) -> None:
+                print(f"contactor: events {first} to {last} were dropped from the log before they were read",
+                      file=sys.stderr, flush=True)  # fmt: skip
+
+            for env in self.client.events(self.args.filters, since=since_seq, since_time=since_time,
+                                          on_lost=lost):  # fmt: skip
                 if self.args.json:
                     print(json.dumps(env), flush=True)
                 else:

@@ -15,14 +15,14 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
 from actors import wire
-from actors.errdefs import Unavailable, from_category
+from actors.errdefs import FailedPrecondition, Unavailable, from_category
 from actors.messages import TaskInfo
 
-__all__ = ["Client", "Task", "DEFAULT_ADDRESS", "CALL_TIMEOUT"]
+__all__ = ["Client", "Task", "EventsLost", "DEFAULT_ADDRESS", "CALL_TIMEOUT"]
 
 DEFAULT_ADDRESS: Final = "/run/contactor/contactor.sock"
 CALL_TIMEOUT: Final = 120.0
@@ -30,6 +30,19 @@ CALL_TIMEOUT: Final = 120.0
 
 # A task as the daemon describes it: the RuntimeActor's own TaskInfo.
 Task = TaskInfo
+
+
+# Frames an event stream holds in memory before its connection stops being read (the daemon then waits).
+_STREAM_QUEUE: Final = 256
+
+
+class EventsLost(FailedPrecondition):
+    """A subscriber read so slowly that the log dropped events ``first``..``last`` before it got them."""
+
+    def __init__(self, first: int, last: int) -> None:
+        super().__init__(f"events {first} to {last} were dropped from the log before this subscriber read "
+                         f"them; resume with since={last}")  # fmt: skip
+        self.first, self.last = first, last
 
 
 class _Conn:
@@ -58,6 +71,7 @@ class _Conn:
         self.send_lock = threading.Lock()
         self.queues: dict[int, queue.Queue[dict[str, Any] | None]] = {}
         self.closed = False
+        self.shut = False
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
@@ -66,8 +80,13 @@ class _Conn:
             while (frame := wire.recv_frame(self.sock)) is not None:
                 with self.lock:
                     q = self.queues.get(frame.get("id", -1))
-                if q is not None:
-                    q.put(frame)
+                while q is not None:
+                    try:  # a bounded stream's queue blocks us: the daemon then holds back (backpressure)
+                        q.put(frame, timeout=0.2)
+                        break
+                    except queue.Full:
+                        if self.shut:
+                            return
         except (OSError, wire.ProtocolError):
             pass
         finally:
@@ -75,11 +94,14 @@ class _Conn:
                 self.closed = True
                 queues = list(self.queues.values())
             for q in queues:
-                q.put(None)
+                with contextlib.suppress(queue.Full):
+                    q.put_nowait(None)  # a full queue's reader sees ``closed`` once it drains it
 
-    def open(self, method: str, params: dict[str, Any]) -> tuple[int, queue.Queue[dict[str, Any] | None]]:
+    def open(
+        self, method: str, params: dict[str, Any], maxsize: int = 0
+    ) -> tuple[int, queue.Queue[dict[str, Any] | None]]:
         req_id = next(self.ids)
-        q: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        q: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize)
         with self.lock:
             if self.closed:
                 raise Unavailable("the connection to the contactor daemon is closed")
@@ -95,7 +117,20 @@ class _Conn:
         with self.lock:
             self.queues.pop(req_id, None)
 
+    def next(self, q: queue.Queue[dict[str, Any] | None], timeout: float | None) -> dict[str, Any] | None:
+        """The next frame of a stream, None when the connection closed; queue.Empty after ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                return q.get(timeout=0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic())))
+            except queue.Empty:
+                if self.closed and q.empty():
+                    return None
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+
     def close(self) -> None:
+        self.shut = True
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
@@ -228,16 +263,22 @@ class Client:
     def events(
         self, filters: Sequence[str] = (), timeout: float | None = None, since: int | None = None,
         since_time: float | None = None, resume_for: float = 60.0,
+        on_lost: Callable[[int, int], None] | None = None,
     ) -> Iterator[dict[str, Any]]:  # fmt: skip
         """Envelopes matching any of ``filters``, each once and in order of ``seq``.
 
         With ``since`` (a sequence number: every envelope carries its ``seq``) or
         ``since_time`` (seconds since the epoch) the logged envelopes after it come
         first, then live ones, with no gap and no duplicate between them.  The
-        iterator resumes by itself: when the Gateway says this subscriber lost
-        events (it read too slowly) or the connection drops (a daemon restart), it
+        iterator resumes by itself when the connection drops (a daemon restart): it
         subscribes again since the last envelope it yielded, for up to ``resume_for``
-        seconds.  ``timeout`` bounds the wait for each next event (Unavailable after it).
+        seconds.  A subscriber that reads slower than events come is never dropped;
+        it reads the log at its own pace.  Only when the log no longer holds events it
+        has not read yet (it keeps the newest ``events.max_entries``) is it told:
+        ``on_lost(first, last)`` is called with the lost sequence numbers and the
+        iterator goes on after them, or without ``on_lost`` it raises ``EventsLost``
+        (resume with ``since=exc.last``).  ``timeout`` bounds the wait for each next
+        event (Unavailable after it).
         """
         last: int | None = since
         first_time = since_time if since is None else None
@@ -257,14 +298,21 @@ class Client:
                 continue
             deadline = None
             try:
-                _, q = conn.open("events.subscribe", params)
+                _, q = conn.open("events.subscribe", params, maxsize=_STREAM_QUEUE)
                 while True:
                     try:
-                        frame = q.get(timeout=timeout)
+                        frame = conn.next(q, timeout)
                     except queue.Empty:
                         raise Unavailable(f"no event within {timeout}s") from None
-                    if frame is None or "lost" in frame:
+                    if frame is None:
                         break  # resume since the last envelope we yielded
+                    if "lost" in frame:
+                        first, end = int(frame["lost"]["from"]), int(frame["lost"]["to"])
+                        if on_lost is None:
+                            raise EventsLost(first, end)
+                        on_lost(first, end)
+                        last = max(last or 0, end)
+                        continue
                     if "event" in frame:
                         env = dict(frame["event"])
                         seq = int(env.get("seq", 0))

@@ -21,7 +21,7 @@ from typing import Final
 from actors.errdefs import FailedPrecondition, InvalidArgument
 from actors.messages import Envelope
 
-__all__ = ["EventLog", "MAX_ENTRIES", "MAX_AGE"]
+__all__ = ["EventLog", "LogReader", "check_since", "MAX_ENTRIES", "MAX_AGE"]
 
 MAX_ENTRIES: Final = 100_000
 MAX_AGE: Final = 7 * 24 * 3600.0
@@ -36,7 +36,7 @@ class EventLog:
         if fresh:
             os.chmod(path, 0o600)
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, timestamp REAL NOT NULL, "
             "namespace TEXT NOT NULL, topic TEXT NOT NULL, event TEXT NOT NULL)"
@@ -64,26 +64,83 @@ class EventLog:
     def prune(self) -> None:
         self._since_prune = 0
         self.db.execute("DELETE FROM events WHERE seq <= ?", (self.seq - self.max_entries,))
-        self.db.execute("DELETE FROM events WHERE timestamp < ?", (time.time() - self.max_age,))
+        # The newest entry always stays: it carries the sequence on across a restart.
+        self.db.execute("DELETE FROM events WHERE timestamp < ? AND seq < ?", (time.time() - self.max_age, self.seq))
 
     def since(self, seq: int | None = None, timestamp: float | None = None) -> Iterator[Envelope]:
         """Logged envelopes after ``seq`` (or at/after ``timestamp``), oldest first."""
         if seq is not None:
-            oldest = self.db.execute("SELECT MIN(seq) FROM events").fetchone()[0]
-            if seq > self.seq:
-                raise InvalidArgument(f"since {seq} is past the last event ({self.seq})")
-            if oldest is not None and seq < oldest - 1:
-                raise FailedPrecondition(
-                    f"events {seq + 1} to {oldest - 1} are no longer in the log (it keeps the newest); "
-                    f"subscribe since {oldest - 1} or later"
-                )
+            check_since(seq, self.seq, self.db.execute("SELECT MIN(seq) FROM events").fetchone()[0])
             rows = self.db.execute("SELECT * FROM events WHERE seq > ? ORDER BY seq", (seq,))
         elif timestamp is not None:
             rows = self.db.execute("SELECT * FROM events WHERE timestamp >= ? ORDER BY seq", (timestamp,))
         else:
             return
-        for seq_, ts, ns, topic, event in rows:
-            yield Envelope(ts, ns, topic, json.loads(event), seq_)
+        for row in rows:
+            yield _envelope(row)
 
     def close(self) -> None:
         self.db.close()
+
+
+def check_since(seq: int, head: int, oldest: int | None) -> None:
+    """A subscription ``since`` this sequence number must lie within the log (or just before it)."""
+    if seq > head:
+        raise InvalidArgument(f"since {seq} is past the last event ({head})")
+    if oldest is not None and seq < oldest - 1:
+        raise FailedPrecondition(
+            f"events {seq + 1} to {oldest - 1} are no longer in the log (it keeps the newest); "
+            f"subscribe since {oldest - 1} or later"
+        )
+
+
+def _envelope(row: tuple[int, float, str, str, str]) -> Envelope:
+    seq, ts, ns, topic, event = row
+    return Envelope(ts, ns, topic, json.loads(event), seq)
+
+
+class LogReader:
+    """A reader of the log from another process (the Gateway): WAL lets it read while the Exchange writes.
+
+    Whatever it reads is committed, in sequence order; a reader never writes.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db: sqlite3.Connection | None = None
+
+    def _db(self) -> sqlite3.Connection:
+        if self.db is None:
+            if not self.path.exists():  # the Exchange makes it; nothing to read before that
+                raise FileNotFoundError(self.path)
+            self.db = sqlite3.connect(self.path, isolation_level=None)
+        return self.db
+
+    def bounds(self) -> tuple[int | None, int]:
+        """(oldest sequence number held or None, newest or 0)."""
+        try:
+            oldest, newest = self._db().execute("SELECT MIN(seq), MAX(seq) FROM events").fetchone()
+        except (FileNotFoundError, sqlite3.OperationalError):
+            return None, 0
+        return (None if oldest is None else int(oldest)), int(newest or 0)
+
+    def before_time(self, timestamp: float) -> int:
+        """The cursor that replays from ``timestamp``: the last sequence number before it."""
+        _, newest = self.bounds()
+        row = self._db().execute("SELECT MIN(seq) FROM events WHERE timestamp >= ?", (timestamp,)).fetchone()
+        return newest if row[0] is None else int(row[0]) - 1
+
+    def after(self, cursor: int, limit: int) -> list[Envelope]:
+        """Up to ``limit`` envelopes after ``cursor``, oldest first."""
+        try:
+            rows = self._db().execute(
+                "SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (cursor, limit)
+            ).fetchall()
+        except (FileNotFoundError, sqlite3.OperationalError):
+            return []
+        return [_envelope(row) for row in rows]
+
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+            self.db = None

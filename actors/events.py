@@ -1,35 +1,36 @@
-"""The Exchange: event fan-out with containerd's topics and filters.
+"""The Exchange: numbers every event and commits it to the log before anyone hears of it.
 
-``Publish`` takes an envelope {timestamp, namespace, topic, event}; every
-subscription whose filters match gets a ``Delivery``.  Sends are
-asynchronous, so a slow subscriber holds up no one; a dead one is dropped
-when its delivery comes back as a dead letter (the Supervisor tells us).
+``Publish`` takes an envelope {timestamp, namespace, topic, event}; the
+Exchange gives it the next sequence number, appends it to the durable log and
+tells each follower (the Gateway) ``Appended(seq)``.  Followers read the log
+themselves, each subscription at its own cursor and pace, with containerd's
+filters: order and completeness come from the log, not from message delivery
+(Thespian may reorder messages between two actors), and a slow subscriber holds
+up no one.  A dead follower is dropped when its ``Appended`` comes back as a
+dead letter (the Supervisor tells us).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from actors._actor import ContactorActor
 from actors.errdefs import FailedPrecondition, InvalidArgument
 from actors.eventlog import EventLog
-from actors.filters import Filter, parse_any
 from actors.identifiers import validate
 from actors.messages import (
+    Appended,
     Ask,
     Configure,
-    Delivery,
     Envelope,
+    Follow,
     Publish,
     Published,
     Ready,
-    Subscribe,
-    Subscribed,
-    Unsubscribe,
+    Unfollow,
 )
 
 __all__ = ["Exchange", "envelope", "check_topic"]
@@ -49,18 +50,12 @@ def envelope(namespace: str, topic: str, event: dict[str, Any], timestamp: float
     return Envelope(time.time() if timestamp is None else timestamp, namespace, check_topic(topic), event)
 
 
-@dataclass
-class _Subscription:
-    address: Any
-    filter: Filter
-
-
 class Exchange(ContactorActor):
     role = "exchange"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.subs: dict[str, _Subscription] = {}
+        self.followers: list[Any] = []
         self.log_: EventLog | None = None
 
     def on_Configure(self, msg: Configure, sender: Any) -> None:
@@ -79,28 +74,23 @@ class Exchange(ContactorActor):
         return Published(self._publish(msg.envelope).seq)
 
     def _publish(self, envelope_: Envelope) -> Envelope:
-        # Logged (committed) before anyone is told: a late subscriber can always ask for it.
+        # Logged (committed) before anyone is told: a late subscriber can always read it.
         env = self.log_.append(envelope_) if self.log_ is not None else envelope_
-        wire = env.to_wire()
-        for token, sub in list(self.subs.items()):
-            if sub.filter.match(wire):
-                self.send(sub.address, Delivery(token, env))
+        for follower in self.followers:
+            self.send(follower, Appended(env.seq))
         return env
 
-    def ask_Subscribe(self, msg: Subscribe, ask: Ask, sender: Any) -> Subscribed:
-        flt, address = parse_any(msg.filters), msg.subscriber or sender
-        # Replay and go live in one handler: nothing is published in between, so no gap and no duplicate.
-        if self.log_ is not None and (msg.since_seq is not None or msg.since_time is not None):
-            for env in self.log_.since(msg.since_seq, msg.since_time):
-                if flt.match(env.to_wire()):
-                    self.send(address, Delivery(msg.token, env))
-        self.subs[msg.token] = _Subscription(address, flt)
-        return Subscribed(msg.token, self.log_.seq if self.log_ is not None else 0)
+    def on_Follow(self, msg: Follow, sender: Any) -> None:
+        follower = msg.follower or sender
+        if follower not in self.followers:
+            self.followers.append(follower)
+        self.send(follower, Appended(self.log_.seq if self.log_ is not None else 0))
+
+    def on_Unfollow(self, msg: Unfollow, sender: Any) -> None:
+        if msg.follower in self.followers:
+            self.followers.remove(msg.follower)
 
     def on_ActorExitRequest(self, msg: Any, sender: Any) -> None:
         if self.log_ is not None:
             self.log_.close()
             self.log_ = None
-
-    def on_Unsubscribe(self, msg: Unsubscribe, sender: Any) -> None:
-        self.subs.pop(msg.token, None)

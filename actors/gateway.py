@@ -3,7 +3,10 @@
 A root-only unix socket (``daemon.address``) speaking ``actors.gateway_protocol``.
 The listening socket and every connection are watched with ThespianWatch;
 reads and writes are non-blocking, each connection has its own buffers, and
-a client whose unread output passes ``MAX_BACKLOG`` is disconnected, so a
+an event subscription is read from the Exchange's log at the subscriber's own
+pace (it pauses while the connection's unread output is over ``max_backlog``,
+and is told exactly which events it lost if the log dropped them meanwhile), and
+a client that sends requests but never reads its answers is disconnected, so a
 slow or stuck client never blocks anyone.  A frame that does not decode closes
 that connection only.  Peer credentials are checked on accept.
 
@@ -27,21 +30,24 @@ from actors import gateway_protocol as gp
 from actors import wire
 from actors._actor import ContactorActor, error_reply
 from actors.errdefs import InvalidArgument
+from actors.eventlog import LogReader, check_since
+from actors.filters import Filter, parse_any
 from actors.messages import (
     Answer,
+    Appended,
     Ask,
     Configure,
-    Delivery,
     ErrorReply,
+    Follow,
     Peers,
     Ready,
-    Subscribe,
-    Unsubscribe,
 )
 
 __all__ = ["Gateway"]
 
 _HEADER: Final = struct.Struct(">I")
+_BATCH: Final = 256  # log rows read at a time for one subscription
+_PUMP_EVERY: Final = 1.0  # seconds: streams are also read without an Appended (one may be lost)
 
 
 @dataclass
@@ -49,7 +55,18 @@ class _Conn:
     sock: socket.socket
     inbuf: bytearray = field(default_factory=bytearray)
     outbuf: bytearray = field(default_factory=bytearray)
-    tokens: set[str] = field(default_factory=set)
+    streams: list[_Stream] = field(default_factory=list)
+
+
+@dataclass
+class _Stream:
+    """One events.subscribe: its filter and its cursor (the last sequence number looked at)."""
+
+    fd: int
+    req_id: int
+    filter: Filter
+    cursor: int
+    paused: bool = False
 
 
 class Gateway(ContactorActor):
@@ -60,8 +77,7 @@ class Gateway(ContactorActor):
         self.listener: socket.socket | None = None
         self.conns: dict[int, _Conn] = {}
         self.pending: dict[int, tuple[int, int]] = {}  # corr -> (fd, request id)
-        self.streams: dict[str, tuple[int, int]] = {}  # subscription token -> (fd, request id)
-        self.stream_filters: dict[str, tuple[str, ...]] = {}
+        self.reader: LogReader | None = None
         self.corr = itertools.count(1)
         self.peers: Peers | None = None
         self.supervisor: Any = None
@@ -74,17 +90,19 @@ class Gateway(ContactorActor):
         self.limits = msg.config.gateway
         if self.listener is None:
             self._listen(Path(msg.config.daemon.address))
+        if self.reader is None:
+            self.reader = LogReader(Path(msg.config.daemon.root) / "events.db")
+            self.wakeupAfter(_PUMP_EVERY, payload="pump")
+        self.send(self.peers.exchange, Follow(self.myAddress))
         self.send(sender, Ready(self.role, os.getpid()))
 
     def on_Peers(self, msg: Peers, sender: Any) -> None:
         replaced = self.peers is not None and self.peers.exchange != msg.exchange
         self.peers = msg
         if replaced:
-            # A new Exchange knows no subscriptions: make ours again, under the same tokens.
-            for token in self.streams:
-                filters = self.stream_filters.get(token, ())
-                self.send(msg.exchange, Ask(next(self.corr), Subscribe(token, filters, self.myAddress)))
-            self.log.warning("gateway_resubscribed", streams=len(self.streams))
+            # A new Exchange knows no followers; the streams' cursors are ours, so nothing is lost.
+            self.send(msg.exchange, Follow(self.myAddress))
+            self.log.warning("gateway_follows_new_exchange", streams=sum(len(c.streams) for c in self.conns.values()))
 
     def _listen(self, path: Path) -> None:
         path.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
@@ -182,43 +200,61 @@ class Gateway(ContactorActor):
         filters = params.get("filters", [])
         if not isinstance(filters, list) or not all(isinstance(f, str) for f in filters):
             raise InvalidArgument("filters must be a list of strings")
+        flt = parse_any(filters)
         since_seq, since_time = params.get("since"), params.get("since_time")
         if since_seq is not None and (
             not isinstance(since_seq, int) or isinstance(since_seq, bool) or since_seq < 0
         ):
             raise InvalidArgument("since must be a non-negative sequence number")
-        if since_time is not None and not isinstance(since_time, int | float):
+        if since_time is not None and (not isinstance(since_time, int | float) or isinstance(since_time, bool)):
             raise InvalidArgument("since_time must be a number of seconds since the epoch")
-        assert self.peers is not None
-        token = f"gw-{os.getpid()}-{fd}-{req_id}-{next(self.corr)}"
-        self.streams[token] = (fd, req_id)
-        self.stream_filters[token] = tuple(filters)
-        self.conns[fd].tokens.add(token)
-        corr = next(self.corr)
-        self.pending[corr] = (fd, req_id)
-        self.send(
-            self.peers.exchange,
-            Ask(
-                corr,
-                Subscribe(
-                    token,
-                    tuple(filters),
-                    self.myAddress,
-                    since_seq,
-                    None if since_time is None else float(since_time),
-                ),
-            ),
-        )
+        assert self.reader is not None
+        oldest, newest = self.reader.bounds()
+        if since_seq is not None:
+            check_since(since_seq, newest, oldest)
+            cursor = since_seq
+        elif since_time is not None:
+            cursor = self.reader.before_time(float(since_time))
+        else:
+            cursor = newest
+        stream = _Stream(fd, req_id, flt, cursor)
+        self.conns[fd].streams.append(stream)
+        self._write(fd, {"id": req_id, "result": {"subscribed": True, "seq": newest}})
+        self._pump(stream)
+
+    def _pump(self, st: _Stream) -> None:
+        """Write the stream's matching envelopes after its cursor until the log or the backlog limit ends it."""
+        conn = self.conns.get(st.fd)
+        if conn is None or self.reader is None:
+            return
+        st.paused = False
+        while True:
+            if len(conn.outbuf) > self.limits.max_backlog:
+                st.paused = True
+                break
+            batch = self.reader.after(st.cursor, _BATCH)
+            if not batch:
+                break
+            if batch[0].seq > st.cursor + 1:
+                # The log dropped them (it keeps the newest) while this subscriber read too slowly.
+                lost = {"from": st.cursor + 1, "to": batch[0].seq - 1}
+                self.log.warning("gateway_subscriber_lost_events", **lost)
+                conn.outbuf += wire.encode({"id": st.req_id, "lost": lost})
+            for env in batch:
+                st.cursor = env.seq
+                record = env.to_wire()
+                if st.filter.match(record):
+                    self._append(conn, {"id": st.req_id, "event": record})
+                    if len(conn.outbuf) > self.limits.max_backlog:
+                        break
+            if not self._send_out(st.fd):
+                return
+        self._schedule_flush(conn)
 
     def _close(self, fd: int) -> None:
         conn = self.conns.pop(fd, None)
         if conn is None:
             return
-        for token in conn.tokens:
-            self.streams.pop(token, None)
-            self.stream_filters.pop(token, None)
-            if self.peers is not None:
-                self.send(self.peers.exchange, Unsubscribe(token))
         for corr, (pfd, _) in list(self.pending.items()):
             if pfd == fd:
                 del self.pending[corr]
@@ -232,14 +268,13 @@ class Gateway(ContactorActor):
         if target is not None:
             self._reply(*target, msg.body)
 
-    def on_Delivery(self, msg: Delivery, sender: Any) -> None:
-        target = self.streams.get(msg.token)
-        if target is None:
-            if self.peers is not None:
-                self.send(self.peers.exchange, Unsubscribe(msg.token))
-            return
-        fd, req_id = target
-        self._write(fd, {"id": req_id, "event": msg.envelope.to_wire()})
+    def on_Appended(self, msg: Appended, sender: Any) -> None:
+        self._pump_all()
+
+    def _pump_all(self) -> None:
+        for conn in list(self.conns.values()):
+            for st in list(conn.streams):
+                self._pump(st)
 
     def _reply(self, fd: int, req_id: int, body: Any) -> None:
         if isinstance(body, ErrorReply):
@@ -252,18 +287,23 @@ class Gateway(ContactorActor):
         conn = self.conns.get(fd)
         if conn is None:
             return
+        self._append(conn, frame)
+        self._flush(fd)
+
+    @staticmethod
+    def _append(conn: _Conn, frame: dict[str, Any]) -> None:
         try:
             conn.outbuf += wire.encode(frame)
         except wire.ProtocolError as exc:
             conn.outbuf += wire.encode(
                 {"id": frame.get("id"), "error": {"category": "internal", "message": str(exc)}}
             )
-        self._flush(fd)
 
-    def _flush(self, fd: int) -> None:
+    def _send_out(self, fd: int) -> bool:
+        """Send what the socket takes now; False if the connection is gone."""
         conn = self.conns.get(fd)
         if conn is None:
-            return
+            return False
         while conn.outbuf:
             try:
                 n = conn.sock.send(conn.outbuf)
@@ -272,14 +312,29 @@ class Gateway(ContactorActor):
             except OSError as exc:
                 if exc.errno != errno.EAGAIN:
                     self._close(fd)
-                    return
+                    return False
                 break
             del conn.outbuf[:n]
-        if len(conn.outbuf) > self.limits.max_backlog:
-            # A slow client holds up no one: it is dropped; an event subscriber resumes with since.
+        return True
+
+    def _flush(self, fd: int) -> None:
+        if not self._send_out(fd):
+            return
+        conn = self.conns[fd]
+        if len(conn.outbuf) > 2 * self.limits.max_backlog:
+            # Answers nobody reads (event streams pause at max_backlog; only requests pile up like this).
             self.log.warning("gateway_slow_client_dropped", backlog=len(conn.outbuf))
             self._close(fd)
-        elif conn.outbuf and not self.flush_scheduled:
+            return
+        if len(conn.outbuf) <= self.limits.max_backlog // 2:
+            for st in [s for s in conn.streams if s.paused]:
+                self._pump(st)
+                if fd not in self.conns:
+                    return
+        self._schedule_flush(conn)
+
+    def _schedule_flush(self, conn: _Conn) -> None:
+        if conn.outbuf and not self.flush_scheduled:
             self.flush_scheduled = True
             self.wakeupAfter(0.02, payload="flush")
 
@@ -288,6 +343,9 @@ class Gateway(ContactorActor):
             self.flush_scheduled = False
             for fd in list(self.conns):
                 self._flush(fd)
+        elif msg.payload == "pump" and self.reader is not None:
+            self._pump_all()
+            self.wakeupAfter(_PUMP_EVERY, payload="pump")
 
     def on_ActorExitRequest(self, msg: Any, sender: Any) -> None:
         for fd in list(self.conns):
@@ -295,4 +353,7 @@ class Gateway(ContactorActor):
         if self.listener is not None:
             self.listener.close()
             self.listener = None
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
         self.watched = []

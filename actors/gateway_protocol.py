@@ -34,7 +34,6 @@ from actors.messages import (
     Publish,
     Published,
     Stdio,
-    Subscribed,
     TaskInfo,
     TaskList,
     TaskReply,
@@ -141,8 +140,6 @@ def to_result(reply: Any) -> dict[str, Any]:
         return dict(reply.result)
     if isinstance(reply, HealthReply):
         return {"ready": list(reply.ready), "pids": dict(reply.pids)}
-    if isinstance(reply, Subscribed):
-        return {"subscribed": True, "seq": reply.seq}
     if isinstance(reply, Ok):
         return {}
     if isinstance(reply, Published):

@@ -128,34 +128,27 @@ class Published:
 
 
 @dataclass(frozen=True, slots=True)
-class Subscribe:
-    """Subscribe the sender (or ``subscriber``) to envelopes matching any of ``filters``."""
+class Follow:
+    """Tell ``follower`` (or the sender) each time the log grows; it reads the log itself.
 
-    token: str
-    filters: tuple[str, ...] = ()
-    subscriber: Any = None
-    # Replay logged envelopes after this sequence number (or from this time) first.
-    since_seq: int | None = None
-    since_time: float | None = None
+    Thespian does not keep the order of messages between two actors under load
+    (several transmits are in flight at once), so envelopes are not sent as
+    messages: a follower reads them from the log, in sequence order, at its own pace.
+    """
 
-
-@dataclass(frozen=True, slots=True)
-class Unsubscribe:
-    token: str
+    follower: Any = None
 
 
 @dataclass(frozen=True, slots=True)
-class Subscribed:
-    token: str
-    seq: int = 0  # the last logged sequence number when the subscription began
+class Unfollow:
+    follower: Any
 
 
 @dataclass(frozen=True, slots=True)
-class Delivery:
-    """An envelope for one subscription."""
+class Appended:
+    """The log holds envelopes up to ``seq`` (committed)."""
 
-    token: str
-    envelope: Envelope
+    seq: int
 
 
 # -- MetadataActor ------------------------------------------------------------------------------------

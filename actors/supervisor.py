@@ -19,16 +19,16 @@ from actors._actor import ContactorActor
 from actors.events import Exchange
 from actors.gateway import Gateway
 from actors.messages import (
+    Appended,
     Ask,
     Boot,
     Booted,
     Configure,
-    Delivery,
     Health,
     HealthReply,
     Peers,
     Ready,
-    Unsubscribe,
+    Unfollow,
 )
 from actors.metadata import MetadataActor
 from actors.monitor import MonitorActor
@@ -98,8 +98,8 @@ class Supervisor(ContactorActor):
 
     def on_DeadEnvelope(self, msg: DeadEnvelope, sender: Any) -> None:
         dead = msg.deadMessage
-        if isinstance(dead, Delivery) and "exchange" in self.children:
-            self.send(self.children["exchange"], Unsubscribe(dead.token))
+        if isinstance(dead, Appended) and "exchange" in self.children:
+            self.send(self.children["exchange"], Unfollow(msg.deadAddress))
 
     def on_ActorExitRequest(self, msg: Any, sender: Any) -> None:
         self.stopping = True

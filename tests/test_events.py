@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -143,3 +144,78 @@ def test_the_client_iterator_resumes_across_a_daemon_restart(daemon: Daemon) -> 
     assert [e["topic"] for e in got] == ["/probe/before", "/probe/after"]
     assert got[1]["seq"] == got[0]["seq"] + 1 or got[1]["seq"] > got[0]["seq"]
     del t
+
+
+def test_ten_thousand_events_to_five_subscribers_one_of_them_slow(tmp_path: Path) -> None:
+    """Fast subscribers get every event in order; the slow one is told exactly what the log dropped."""
+    import pytest
+
+    from actors.client import EventsLost
+    from actors.testing import private_daemon
+
+    total, publishers = 10_000, 4
+    flt = ['topic=="/load/tick"']
+    limits = "[events]\nmax_entries = 1000\n[gateway]\nmax_backlog = 16384\n"
+    with private_daemon(tmp_path, extra_config=limits) as d, d.client() as c, contextlib.ExitStack() as stack:
+        start = c.publish("/load/start", {})
+        fast: list[list[int]] = [[] for _ in range(4)]
+        threads = []
+        for out in fast:
+            sub = stack.enter_context(d.client())
+
+            def read(sub: Client = sub, out: list[int] = out) -> None:
+                for env in sub.events(flt, since=start, timeout=120):
+                    out.append(env["seq"])
+                    if len(out) == total:
+                        return
+
+            threads.append(threading.Thread(target=read, daemon=True))
+        slow = stack.enter_context(d.client())
+        slow_events = slow.events(['topic~="^/load/"'], since=start - 1, timeout=120)
+        assert next(slow_events)["seq"] == start  # subscribed; now it reads nothing while all is published
+        published: list[int] = []
+
+        def publish(k: int) -> None:
+            with d.client() as p:
+                for j in range(total // publishers):
+                    published.append(p.publish("/load/tick", {"k": str(k), "j": str(j)}))
+
+        threads += [threading.Thread(target=publish, args=(k,)) for k in range(publishers - 1)]
+        for t in threads:
+            t.start()
+        publish(publishers - 1)
+        for t in threads:
+            t.join(timeout=300)
+        assert len(published) == total
+        expected = sorted(published)
+        for out in fast:
+            assert out == expected, "every event, once, in order of seq"
+
+        got: list[int] = []
+        with pytest.raises(EventsLost) as lost:
+            for env in slow_events:
+                got.append(env["seq"])
+        assert got == expected[: len(got)], "what it read before the loss is complete and in order"
+        assert lost.value.first == got[-1] + 1, "told exactly where the loss begins"
+        assert lost.value.last < expected[-1]
+        rest = []
+        for env in slow.events(flt, since=lost.value.last, timeout=60):
+            rest.append(env["seq"])
+            if env["seq"] == expected[-1]:
+                break
+        assert rest == [s for s in expected if s > lost.value.last], "caught up with since, no gap after it"
+
+
+def test_numbering_goes_on_when_age_empties_the_log(tmp_path: Path) -> None:
+    from actors.eventlog import EventLog
+    from actors.events import envelope
+
+    log = EventLog(tmp_path / "events.db", max_entries=100, max_age=0.0)
+    for i in range(5):
+        log.append(envelope("ns", "/tasks/start", {"container_id": f"c{i}"}))
+    log.prune()
+    assert [e.seq for e in log.since(4)] == [5], "every entry is too old, but the newest stays"
+    log.close()
+    reopened = EventLog(tmp_path / "events.db")
+    assert reopened.append(envelope("ns", "/tasks/start", {})).seq == 6
+    reopened.close()
