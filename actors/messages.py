@@ -300,6 +300,9 @@ class TaskSetup:
     rootfs: str = ""
     create: Ask | None = None
     restart_policy: str = ""
+    # A task made again by its restart policy after its shim died: started right after the create.
+    restarts: int = 0
+    start: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +316,16 @@ class TaskReady:
 
 
 @dataclass(frozen=True, slots=True)
+class Respawn:
+    """A task whose shim died, to be made again by its restart policy after ``delay`` seconds."""
+
+    delay: float
+    restarts: int
+    stdio: Stdio
+    exit: dict[str, Any]  # the dead task's pid, exit_status, exited_at (what a delete meanwhile answers)
+
+
+@dataclass(frozen=True, slots=True)
 class TaskGone:
     """TaskActor -> RuntimeActor: the task was deleted (or cleaned up after a dead shim); drop it."""
 
@@ -323,3 +336,4 @@ class TaskGone:
     # so a client that lists tasks after its delete returned never sees the task again.
     reply_to: Any = None
     answer: Any = None
+    respawn: Respawn | None = None

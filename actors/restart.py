@@ -4,7 +4,10 @@ A container's policy is its label ``contactor.restart``: ``no`` (the
 default), ``on-failure[:N]`` (a non-zero exit, at most N times), ``always``,
 or ``unless-stopped``.  Exits drive it (the TaskActor asks ``should_restart``
 on each exit of the init process).  An explicit kill or delete by a client is
-never undone, whatever the policy.  Delays grow exponentially from
+never undone, whatever the policy, so ``unless-stopped`` is the same as
+``always`` here (accepted for labels written for docker or containerd).  After
+a dead shim the TaskActor hands a ``Respawn`` to the RuntimeActor, which makes
+the task again from its container record.  Delays grow exponentially from
 ``restart.base`` to ``restart.cap`` (configuration; ``BASE`` and ``CAP`` are
 their defaults); a task that ran ``restart.reset_after`` seconds counts anew.
 """

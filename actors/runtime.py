@@ -37,10 +37,12 @@ from actors.messages import (
     ListTasks,
     Peers,
     Ready,
+    Respawn,
     TaskGone,
     TaskInfo,
     TaskList,
     TaskReady,
+    TaskReply,
     TaskRequest,
     TaskSetup,
 )
@@ -110,8 +112,10 @@ class RuntimeActor(ContactorActor):
         self.config: Any = None
         self.peers: Peers | None = None
         self.tasks: dict[tuple[str, str], _Entry] = {}
-        self.pending: dict[int, tuple[Ask, Any]] = {}
+        self.pending: dict[int, tuple[Ask, Respawn | None]] = {}
         self.corr = itertools.count(1)
+        # Tasks whose shim died, waiting to be made again by their restart policy.
+        self.respawning: dict[tuple[str, str], Respawn] = {}
 
     def on_Configure(self, msg: Configure, sender: Any) -> None:
         first = self.config is None
@@ -136,7 +140,7 @@ class RuntimeActor(ContactorActor):
             return "runc"
 
     def _spawn(self, ns: str, cid: str, restore: bool, runtime_name: str, rootfs: str,
-               create: Ask | None = None, policy: str = "") -> None:  # fmt: skip
+               create: Ask | None = None, policy: str = "", respawn: Respawn | None = None) -> None:  # fmt: skip
         assert self.peers is not None
         address = self.createActor(TaskActor)
         self.tasks[(ns, cid)] = _Entry(ns, cid, address, runtime_name, rootfs)
@@ -144,36 +148,39 @@ class RuntimeActor(ContactorActor):
         self.send(
             address,
             TaskSetup(
-                ns, cid, bundle, restore, self.config, self.peers, runtime_name, rootfs, create, policy
+                ns, cid, bundle, restore, self.config, self.peers, runtime_name, rootfs, create, policy,
+                respawn.restarts if respawn else 0, respawn is not None,
             ),
         )
 
     # -- create ------------------------------------------------------------------------------------------
     def ask_CreateTask(self, msg: CreateTask, ask: Ask, sender: Any) -> None:
         ns, cid = validate_namespace(msg.namespace), validate(msg.id, "container id")
-        if (ns, cid) in self.tasks:
+        if (ns, cid) in self.tasks or (ns, cid) in self.respawning:
             raise AlreadyExists(f"task {cid}: already exists")
         assert self.peers is not None
         corr = next(self.corr)
-        self.pending[corr] = (Ask(ask.corr, msg, ask.reply_to or sender), sender)
+        self.pending[corr] = (Ask(ask.corr, msg, ask.reply_to or sender), None)
         self.send(self.peers.metadata, Ask(corr, GetContainer(ns, cid)))
 
     def on_Answer(self, msg: Answer, sender: Any) -> None:
         pending = self.pending.pop(msg.corr, None)
         if pending is None:
             return
-        ask, _ = pending
+        ask, respawn = pending
         body = ask.body
         assert isinstance(body, CreateTask)
         if isinstance(msg.body, ErrorReply):
             self.send(ask.reply_to, Answer(ask.corr, msg.body))
             return
         try:
-            self._create_from_record(ask, body, msg.body.record)
+            self._create_from_record(ask, body, msg.body.record, respawn)
         except Exception as exc:
             self.send(ask.reply_to, Answer(ask.corr, error_reply(exc)))
 
-    def _create_from_record(self, ask: Ask, body: CreateTask, record: dict[str, Any]) -> None:
+    def _create_from_record(
+        self, ask: Ask, body: CreateTask, record: dict[str, Any], respawn: Respawn | None = None
+    ) -> None:
         ns, cid = body.namespace, body.id
         if (ns, cid) in self.tasks:  # a second create raced the first
             raise AlreadyExists(f"task {cid}: already exists")
@@ -198,19 +205,46 @@ class RuntimeActor(ContactorActor):
         }
         created = create_bundle(self.config.daemon.state, ns, cid, spec)
         (created / "runtime").write_text(runtime_name)
-        self._spawn(ns, cid, False, runtime_name, str(record.get("rootfs") or ""), create=ask, policy=policy)
+        self._spawn(ns, cid, False, runtime_name, str(record.get("rootfs") or ""), create=ask, policy=policy,
+                    respawn=respawn)  # fmt: skip
 
     # -- everything else --------------------------------------------------------------------------------
-    def ask_TaskRequest(self, msg: TaskRequest, ask: Ask, sender: Any) -> None:
+    def ask_TaskRequest(self, msg: TaskRequest, ask: Ask, sender: Any) -> TaskReply | None:
         ns, cid = validate_namespace(msg.namespace), validate(msg.id, "container id")
         if msg.op not in TASK_OPS:
             raise InvalidArgument(f"unknown task operation {msg.op!r}")
         entry = self.tasks.get((ns, cid))
+        if entry is None and (ns, cid) in self.respawning:
+            return self._while_respawning(ns, cid, msg)
         if entry is None:
             raise NotFound(f"task {cid} not found")
         assert self.peers is not None
         target = self.peers.monitor if msg.op == "metrics" else entry.address
         self.send(target, Ask(ask.corr, msg, ask.reply_to or sender))
+        return None  # answered by the task
+
+    def _while_respawning(self, ns: str, cid: str, msg: TaskRequest) -> TaskReply:
+        """A task between its dead shim and its restart: a kill or delete ends it for good."""
+        respawn = self.respawning[(ns, cid)]
+        if msg.op in ("kill", "delete") and not msg.params.get("exec_id"):
+            del self.respawning[(ns, cid)]
+            self.log.info("restart_cancelled", namespace=ns, id=cid, op=msg.op)
+            return TaskReply(dict(respawn.exit) if msg.op == "delete" else {})
+        if msg.op in ("state", "wait"):
+            return TaskReply({**respawn.exit, "status": "stopped", "restarting_in": respawn.delay})
+        raise FailedPrecondition(f"task {cid} is waiting to be restarted by its policy: kill or delete it first")
+
+    def on_WakeupMessage(self, msg: Any, sender: Any) -> None:
+        if isinstance(msg.payload, tuple) and msg.payload[0] == "respawn":
+            key = (msg.payload[1], msg.payload[2])
+            respawn = self.respawning.pop(key, None)
+            if respawn is None or key in self.tasks:
+                return
+            assert self.peers is not None
+            corr = next(self.corr)
+            # The create's answer comes back here and is dropped; failures are logged by the TaskActor.
+            self.pending[corr] = (Ask(corr, CreateTask(key[0], key[1], respawn.stdio), self.myAddress), respawn)
+            self.send(self.peers.metadata, Ask(corr, GetContainer(*key)))
 
     def ask_ListTasks(self, msg: ListTasks, ask: Ask, sender: Any) -> TaskList:
         if msg.namespace is not None:
@@ -223,6 +257,7 @@ class RuntimeActor(ContactorActor):
         ns, cid = validate_namespace(msg.namespace), validate(msg.id, "container id")
         if (ns, cid) in self.tasks:
             raise FailedPrecondition(f"container {cid} has a task: delete the task first")
+        self.respawning.pop((ns, cid), None)
         assert self.peers is not None
         self.send(self.peers.metadata, Ask(ask.corr, msg, ask.reply_to or sender))
 
@@ -238,6 +273,9 @@ class RuntimeActor(ContactorActor):
         if entry is not None and entry.address == sender:
             del self.tasks[(msg.namespace, msg.id)]
             self.log.info("task_gone", namespace=msg.namespace, id=msg.id, reason=msg.reason)
+            if msg.respawn is not None:
+                self.respawning[(msg.namespace, msg.id)] = msg.respawn
+                self.wakeupAfter(msg.respawn.delay, payload=("respawn", msg.namespace, msg.id))
         if msg.reply_to is not None and msg.answer is not None:
             self.send(msg.reply_to, msg.answer)
 

@@ -49,6 +49,8 @@ from actors.messages import (
     Monitor,
     Peers,
     Publish,
+    Respawn,
+    Stdio,
     StopMonitor,
     TaskGone,
     TaskInfo,
@@ -195,15 +197,18 @@ class TaskActor(ContactorActor):
             if setup.rootfs:
                 params["rootfs"] = [{"type": "bind", "source": setup.rootfs, "options": ["rbind"]}]
             # What a restart needs to create the container again, kept with the task.
-            self.state.update(create=params, policy=setup.restart_policy, restarts=0)
+            self.state.update(create=params, policy=setup.restart_policy, restarts=setup.restarts)
             pid = int(self.client.call("create", **params)["pid"])
+            if setup.start:  # made again by its restart policy after its shim died
+                self.client.call("start")
+                self.state["started_at"] = time.time()
         except Exception as exc:
             self.log.warning("task_create_failed", error=str(exc))
             self._abandon_create()
             self.send(reply_to, Answer(ask.corr, error_reply(exc)))
             return
         self._save_state()
-        self.info = self._make_info(pid, "created")
+        self.info = self._make_info(pid, "running" if setup.start else "created")
         io = {
             "stdin": stdio.stdin,
             "stdout": stdio.stdout,
@@ -215,6 +220,10 @@ class TaskActor(ContactorActor):
         self._monitor(pid)
         self.send(self.runtime_parent, TaskReady(self.info, reply_to, Answer(ask.corr, self.info)))
         self.log.info("task_created", pid=pid, shim_pid=self.shim_pid)
+        if setup.start:
+            self._publish("/tasks/start", {"container_id": setup.id, "pid": pid})
+            self._publish("/tasks/restart", {"container_id": setup.id, "pid": pid, "restarts": setup.restarts})
+            self.log.info("task_restarted", pid=pid, restarts=setup.restarts, after="shim died")
 
     def _abandon_create(self) -> None:
         """A create that failed leaves nothing: shim down, bundle gone, task dropped."""
@@ -430,7 +439,7 @@ class TaskActor(ContactorActor):
             self.log.error("bundle_delete_failed", error=str(exc))
         self._remove_cgroups()
         self._stop_monitor(tuple(envelopes))
-        self._leave("shim died")
+        self._leave("shim died", respawn=self._respawn({k: v for k, v in event.items() if k != "id"}))
 
     def _fail_waiters(self, why: str) -> None:
         for waiters in self.waiters.values():
@@ -458,12 +467,13 @@ class TaskActor(ContactorActor):
         except ContactorError as exc:
             self.log.error("cgroup_removal_failed", error=exc.message)
 
-    def _leave(self, reason: str, reply_to: Any = None, answer: Answer | None = None) -> None:
+    def _leave(self, reason: str, reply_to: Any = None, answer: Answer | None = None,
+               respawn: Respawn | None = None) -> None:  # fmt: skip
         setup = self.setup
         assert setup is not None
         self.gone = True
         self.watched = []
-        self.send(self.runtime_parent, TaskGone(setup.namespace, setup.id, reason, reply_to, answer))
+        self.send(self.runtime_parent, TaskGone(setup.namespace, setup.id, reason, reply_to, answer, respawn))
         self.send(self.myAddress, ActorExitRequest())
 
     def _close_fds(self) -> None:
@@ -516,6 +526,30 @@ class TaskActor(ContactorActor):
         wait = restart.delay(restarts, limits.base, limits.cap)
         self.log.info("restart_scheduled", restarts=restarts, seconds=wait, exit_status=exit_status)
         self.wakeupAfter(wait, payload="restart")
+
+    def _respawn(self, exit: dict[str, Any]) -> Respawn | None:
+        """After a dead shim: what the RuntimeActor needs to make the task again, if its policy wants it."""
+        try:
+            policy = restart.parse(self.state.get("policy"))
+        except ContactorError:
+            return None
+        if not self.state.get("started_at"):
+            return None  # never started: nothing to keep running
+        assert self.setup is not None
+        limits = self.setup.config.restart
+        if float(exit["exited_at"]) - float(self.state["started_at"]) >= limits.reset_after:
+            self.state["restarts"] = 0
+        restarts = int(self.state.get("restarts", 0))
+        stopped = bool(self.state.get("stopped_by_client"))
+        if not restart.should_restart(policy, int(exit["exit_status"]), restarts, stopped):
+            return None
+        create = dict(self.state.get("create") or {})
+        stdio = Stdio(str(create.get("stdin", "")), str(create.get("stdout", "")), str(create.get("stderr", "")),
+                      bool(create.get("terminal", False)))  # fmt: skip
+        wait = restart.delay(restarts, limits.base, limits.cap)
+        self.log.info("restart_scheduled", restarts=restarts, seconds=wait, exit_status=exit["exit_status"],
+                      after="shim died")  # fmt: skip
+        return Respawn(wait, restarts + 1, stdio, exit)
 
     def _restart(self) -> None:
         setup = self.setup

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Daemon, wait_for
+from conftest import Daemon, pid_alive, wait_for
 
 from actors import restart
 from actors.client import Client
@@ -99,6 +101,47 @@ def test_the_policy_survives_a_daemon_restart(daemon: Daemon, rootfs: Path) -> N
         wait_for(lambda: any(t.id == "sturdy" and t.restarts == 1 and t.status == "running"
                              for t in c.list_tasks()), 30, "the restart after restore")  # fmt: skip
         c.delete_task("sturdy", force=True)
+
+
+def test_always_comes_back_after_its_shim_is_killed_and_a_kill_then_rm_is_final(
+    daemon: Daemon, rootfs: Path
+) -> None:
+    seen: list[dict[str, Any]] = []
+    events(daemon, seen)
+    with daemon.client() as c:
+        first = start(c, rootfs, "undying", ["/bin/sleep", "1000"], "always")
+        shim = task(c, "undying").shim_pid
+        os.kill(shim, signal.SIGKILL)
+        wait_for(lambda: any(t.id == "undying" and t.status == "running" and t.pid != first
+                             for t in c.list_tasks()), 30, "made again after its shim died")  # fmt: skip
+        t = task(c, "undying")
+        assert t.restarts == 1 and t.shim_pid != shim
+        wait_for(lambda: any(e["topic"] == "/tasks/restart" for e in seen), 30, "/tasks/restart")
+        mine = [(e["topic"], e["event"].get("exit_status")) for e in seen
+                if e["topic"].startswith("/tasks/") and e["event"].get("container_id") == "undying"]  # fmt: skip
+        assert mine[2:] == [("/tasks/exit", 137), ("/tasks/delete", 137), ("/tasks/create", None),
+                            ("/tasks/start", None), ("/tasks/restart", None)], mine  # fmt: skip
+        assert pid_alive(t.pid) and not pid_alive(first)
+        c.kill("undying", 9)
+        c.wait("undying")
+        c.delete_task("undying")
+        time.sleep(3 * restart.delay(1))
+        assert all(t.id != "undying" for t in c.list_tasks()), "a kill and rm by a client is final"
+        c.delete_container("undying")
+
+
+def test_a_kill_while_a_dead_shims_task_waits_to_restart_is_final(tmp_path: Path, rootfs: Path) -> None:
+    from actors.testing import private_daemon
+
+    with private_daemon(tmp_path, extra_config="[restart]\nbase = 2.0\n") as d, d.client() as c:
+        start(c, rootfs, "patient", ["/bin/sleep", "1000"], "always")
+        os.kill(task(c, "patient").shim_pid, signal.SIGKILL)
+        wait_for(lambda: all(t.id != "patient" for t in c.list_tasks()), 30, "the dead shim's cleanup")
+        assert c.call("tasks.state", id="patient")["status"] == "stopped"
+        c.kill("patient", 9)
+        time.sleep(2 * 2.0 + 1)
+        assert all(t.id != "patient" for t in c.list_tasks()), "the kill cancelled the restart"
+        c.delete_container("patient")
 
 
 def test_a_bad_policy_is_refused() -> None:
