@@ -88,7 +88,7 @@ class MonitorActor(ContactorActor):
         self._rewatch()
 
     def on_Publish(self, msg: Publish, sender: Any) -> None:
-        """A TaskActor's envelope that must follow its StopMonitor's (a delete after an exit)."""
+        """A TaskActor's envelope: all of a task's go through here, so they reach the Exchange in order."""
         self._publish(msg.envelope)
 
     def on_WatchMessage(self, msg: Any, sender: Any) -> None:

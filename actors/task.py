@@ -489,7 +489,9 @@ class TaskActor(ContactorActor):
     def _publish(self, topic: str, event: dict[str, Any], timestamp: float | None = None) -> None:
         setup, peers = self.setup, self.peers
         assert setup is not None and peers is not None
-        self.send(peers.exchange, Publish(envelope(setup.namespace, topic, event, timestamp)))
+        # Through the Monitor, like the exit (which waits there for the task's last OOM): one path per
+        # task keeps its envelopes in order (Thespian keeps no order between different paths).
+        self.send(peers.monitor, Publish(envelope(setup.namespace, topic, event, timestamp)))
 
     def _monitor(self, pid: int) -> None:
         setup, peers = self.setup, self.peers
