@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from actors.netopts import NetOptions
+
 # -- envelopes --------------------------------------------------------------------------------------
 
 
@@ -276,6 +278,8 @@ class TaskInfo:
     created_at: float
     actor_pid: int = 0
     restarts: int = 0
+    network: str = ""  # none, host or bridge
+    address: str = ""  # the task's address on the bridge
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +311,7 @@ class TaskSetup:
     rootfs: str = ""
     create: Ask | None = None
     restart_policy: str = ""
+    network: NetOptions | None = None
 
 
 @dataclass(frozen=True, slots=True)
