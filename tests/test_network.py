@@ -292,3 +292,18 @@ def test_bad_network_requests_are_refused_with_one_line_and_leave_nothing(net: N
         assert [t.id for t in c.list_tasks()] == ["first"] and c.health()["ready"]
         assert net.allocations() == [("first", mine)]
         c.delete_container("second")
+
+
+def test_start_up_gives_back_the_network_of_tasks_whose_bundles_are_gone(net: Net) -> None:
+    # What a daemon that died between deleting a bundle and tearing its network down leaves.
+    net.daemon.stop()
+    path = network.netns_path(net.daemon.state, net.daemon.namespace, "ghost")
+    with IPAM(net.daemon.root / "ipam.db") as ipam:
+        held = ipam.allocate(net.subnet, net.daemon.namespace, "ghost")
+    network.ensure_bridge(net.bridge, ipaddress.IPv4Interface(f"{net.gateway}/24"))
+    network.create_netns(path)
+    network.attach(path, net.bridge, net.veth("ghost"), held.interface, ipaddress.IPv4Address(net.gateway))
+    assert net.leftovers() != []
+    net.daemon.start()
+    wait_for(lambda: not net.leftovers(), 30, "the orphaned network to go")
+    assert not network.link_exists(net.veth("ghost")) and not path.exists()
