@@ -80,7 +80,7 @@ class IPAM:
             _prepare(self.path)
             self._conn: sqlite3.Connection | None = sqlite3.connect(self.path, isolation_level=None)
             self._conn.execute("PRAGMA busy_timeout = 10000")
-            self._conn.execute("PRAGMA journal_mode = WAL")
+            _wal(self._conn)
             self._conn.execute("PRAGMA synchronous = FULL")
         except (OSError, sqlite3.Error) as exc:
             raise FailedPrecondition(f"cannot open the address database {self.path}: {exc}") from None
@@ -218,6 +218,20 @@ class IPAM:
 def _drop(tx: sqlite3.Connection, namespace: str, id: str) -> None:
     tx.execute("DELETE FROM addresses WHERE namespace = ? AND id = ?", (namespace, id))
     tx.execute("DELETE FROM ports WHERE namespace = ? AND id = ?", (namespace, id))
+
+
+def _wal(conn: sqlite3.Connection, patience: float = 10.0) -> None:
+    """Switch to WAL.  sqlite answers "locked" at once, without its busy handler, while another
+    process opens a new file the same way; that lasts a moment, so it is tried again."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
 
 
 def _prepare(path: Path) -> None:

@@ -130,9 +130,12 @@ def ensure(bridge: str, subnet: ipaddress.IPv4Network, masquerade: bool) -> None
     """The bridge's table and chains, with the masquerade rule exactly when ``masquerade``; idempotent."""
     table = table_name(bridge)
     with _nft() as nft:
-        nft.table("add", name=table)
+        have = {c.get_attr("NFTA_CHAIN_NAME") for c in nft.get_chains() if c.get_attr("NFTA_CHAIN_TABLE") == table}
+        if not _has_table(nft, table):
+            nft.table("add", name=table)
         for name, hook, priority in _CHAINS:
-            nft.chain("add", table=table, name=name, hook=hook, type="nat", priority=priority, policy=_ACCEPT)
+            if name not in have:  # each change is a transaction of its own, and they are slow
+                nft.chain("add", table=table, name=name, hook=hook, type="nat", priority=priority, policy=_ACCEPT)
         present = [(c, h) for c, h, comment in _rules(nft, table) if comment == MASQUERADE]
         if masquerade and not present:
             nft.rule("add", table=table, chain="postrouting", expressions=[_masquerade(subnet, bridge)],
