@@ -29,7 +29,7 @@ from pyroute2 import IPRoute
 
 from actors import nat, network
 from actors.client import Client, Task
-from actors.errdefs import EXIT_CODES
+from actors.errdefs import EXIT_CODES, ContactorError
 from actors.ipam import IPAM
 from actors.spec import default_spec
 from actors.testing import private_daemon
@@ -292,6 +292,12 @@ def test_bad_network_requests_are_refused_with_one_line_and_leave_nothing(net: N
         assert [t.id for t in c.list_tasks()] == ["first"] and c.health()["ready"]
         assert net.allocations() == [("first", mine)]
         c.delete_container("second")
+        # A create that fails after the network was made (the runtime cannot exec the command) rolls it back.
+        with pytest.raises(ContactorError):
+            start(c, rootfs, "broken", ["/no/such/program"], net="bridge", ports=["18082:80"])
+        assert [t.id for t in c.list_tasks()] == ["first"]
+        assert net.allocations() == [("first", mine)] and not network.link_exists(net.veth("broken"))
+        assert net.netns_files() == [f"{net.daemon.namespace}/first"] and nat.rules(net.bridge) == []
 
 
 def test_start_up_gives_back_the_network_of_tasks_whose_bundles_are_gone(net: Net) -> None:
