@@ -53,6 +53,7 @@ CONTAINER_IFNAME: Final = "eth0"
 _CLONE_NEWNET: Final = 0x40000000
 _MS_BIND: Final = 4096
 _MNT_DETACH: Final = 2
+_UMOUNT_NOFOLLOW: Final = 8
 _IFF_UP: Final = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 T = TypeVar("T")
@@ -77,7 +78,8 @@ def netns_files(state: str | os.PathLike[str]) -> Iterator[tuple[str, str, Path]
     for ns_dir in sorted(base.iterdir()):
         if ns_dir.is_dir() and not ns_dir.is_symlink():
             for path in sorted(ns_dir.iterdir()):
-                yield ns_dir.name, path.name, path
+                if not path.is_symlink():
+                    yield ns_dir.name, path.name, path
 
 
 @contextmanager
@@ -209,8 +211,9 @@ def remove_netns(path: Path) -> bool:
     """Unmount and remove a namespace file; the namespace ends with its last process.  False if absent."""
     if not os.path.lexists(path):
         return False
-    # EINVAL: not a mount point (a file left by a create that failed half-way).
-    if _libc.umount2(os.fsencode(path), _MNT_DETACH) != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
+    # EINVAL: not a mount point (a file left by a create that failed half-way).  Never follow a symlink.
+    flags = _MNT_DETACH | _UMOUNT_NOFOLLOW
+    if _libc.umount2(os.fsencode(path), flags) != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
         raise FailedPrecondition(f"cannot unmount the network namespace {path}: {os.strerror(ctypes.get_errno())}")
     with suppress(FileNotFoundError):
         os.unlink(path)

@@ -22,7 +22,8 @@ from typing import Any
 
 from actors import nat, network
 from actors.config import Config, NetworkConfig
-from actors.errdefs import ContactorError, FailedPrecondition
+from actors.errdefs import ContactorError, FailedPrecondition, InvalidArgument
+from actors.identifiers import validate, validate_namespace
 from actors.ipam import IPAM, gateway_of
 from actors.logs import get_logger
 from actors.netopts import NetOptions
@@ -56,20 +57,20 @@ def setup(cfg: Config, namespace: str, cid: str, options: NetOptions) -> dict[st
     net, state = cfg.network, cfg.daemon.state
     path, host_if = network.netns_path(state, namespace, cid), network.host_ifname(state, namespace, cid)
     gateway = gateway_of(net.subnet)
+    # Each undo is registered before its step: a step that fails half-way is undone too (all are idempotent).
     with contextlib.ExitStack() as undo:
         with IPAM(ipam_path(cfg)) as ipam:
             held = ipam.allocate(net.subnet, namespace, cid, options.ip, options.ports)
         undo.callback(_release, cfg, namespace, cid)
-        if path.exists():
-            network.remove_netns(path)  # left by a create that died half-way
-        network.create_netns(path)
+        network.remove_netns(path)  # one left by a create that died half-way
         undo.callback(network.remove_netns, path)
+        network.create_netns(path)
         network.detach(host_if)
-        network.attach(path, net.bridge, host_if, held.interface, gateway.ip)
         undo.callback(network.detach, host_if)
+        network.attach(path, net.bridge, host_if, held.interface, gateway.ip)
         if options.ports:
-            nat.publish(net.bridge, _owner(namespace, cid), held.address, options.ports)
             undo.callback(nat.unpublish, net.bridge, _owner(namespace, cid))
+            nat.publish(net.bridge, _owner(namespace, cid), held.address, options.ports)
         undo.pop_all()
     return {"mode": "bridge", "bridge": net.bridge, "address": str(held.interface), "gateway": str(gateway.ip),
             "netns": str(path), "veth": host_if, "ports": [str(p) for p in options.ports]}  # fmt: skip
@@ -95,8 +96,13 @@ def teardown(cfg: Config, namespace: str, cid: str, record: dict[str, Any] | Non
         return []
     problems: list[str] = []
     bridge = str(record.get("bridge") or cfg.network.bridge)
+
+    def unpublish() -> None:
+        if record.get("ports") != []:  # none published: nothing to look for; not known: look
+            nat.unpublish(bridge, _owner(namespace, cid))
+
     steps = (
-        ("rules", lambda: nat.unpublish(bridge, _owner(namespace, cid)) if record.get("ports", True) else 0),
+        ("rules", unpublish),
         ("veth", lambda: network.detach(network.host_ifname(state, namespace, cid))),
         ("netns", lambda: network.remove_netns(path)),
         ("address", lambda: _release(cfg, namespace, cid)),
@@ -121,6 +127,12 @@ def reconcile(cfg: Config, keep: Iterable[tuple[str, str]]) -> list[tuple[str, s
     orphans.update((ns, cid) for ns, cid, _ in network.netns_files(cfg.daemon.state))
     done = []
     for namespace, cid in sorted(orphans - kept):
+        try:
+            validate_namespace(namespace)
+            validate(cid, "container id")
+        except InvalidArgument:
+            log.error("orphan_network_name_invalid", namespace=namespace, id=cid)
+            continue
         problems = teardown(cfg, namespace, cid, {"mode": "bridge"})
         if problems:
             log.error("orphan_network_teardown_failed", namespace=namespace, id=cid, problems=problems)
