@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from actors import config as configuration
-from actors import restart
+from actors import netopts, restart
 from actors.client import Client, Task
 from actors.errdefs import EXIT_CODES, ContactorError, InvalidArgument, NotFound
 from actors.identifiers import validate
@@ -204,6 +204,7 @@ class Commands:
         if a.restart:
             restart.parse(a.restart)
             labels[restart.LABEL] = a.restart
+        labels.update(netopts.to_labels(a.net, a.ip or "", a.publish))
         record = self.client.create_container(a.id, self._spec(), str(rootfs), a.runtime or self.cfg.runtime.name,
                                               labels)  # fmt: skip
         self.out(record, lambda: None)
@@ -222,7 +223,11 @@ class Commands:
         return 0
 
     def containers_info(self) -> int:
-        print(json.dumps(self.client.get_container(self.args.id), indent=2, default=str))
+        """The record, and its task (with the task's network and address) when it has one."""
+        info = self.client.get_container(self.args.id)
+        tasks = [t for t in self.client.list_tasks() if t.id == self.args.id]
+        info["task"] = _task_dict(tasks[0]) if tasks else None
+        print(json.dumps(info, indent=2, default=str))
         return 0
 
     def containers_rm(self) -> int:
@@ -289,10 +294,11 @@ class Commands:
         tasks = self.client.list_tasks()
 
         def text() -> None:
-            print(f"{'TASK':<24} {'PID':>8} {'STATUS':<8} {'EXIT':>4} RESTARTS")
+            print(f"{'TASK':<24} {'PID':>8} {'STATUS':<8} {'EXIT':>4} {'RESTARTS':>8} {'NET':<6} ADDRESS")
             for t in tasks:
                 exit_status = "" if t.status != "stopped" else str(t.exit_status)
-                print(f"{t.id:<24} {t.pid:>8} {t.status.upper():<8} {exit_status:>4} {t.restarts}")
+                print(f"{t.id:<24} {t.pid:>8} {t.status.upper():<8} {exit_status:>4} {t.restarts:>8} "
+                      f"{t.network:<6} {t.address}")  # fmt: skip
 
         self.out([_task_dict(t) for t in tasks], text)
         return 0
@@ -453,6 +459,10 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--cpus", type=float)
         c.add_argument("--pids-limit", type=int)
         c.add_argument("--restart", metavar="POLICY", help="no, on-failure[:N], always or unless-stopped")
+        c.add_argument("--net", choices=netopts.MODES, help="the container's network (default from the config)")
+        c.add_argument("--ip", help="a specific address on the bridge (--net bridge)")
+        c.add_argument("--publish", "-p", action="append", default=[], metavar="HOST:CTR[/tcp|udp]",
+                       help="publish a container port on the host's addresses (--net bridge)")
         c.add_argument("id")
         c.add_argument("args", nargs=argparse.REMAINDER)
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
-from actors import wire
+from actors import netopts, wire
 from actors.errdefs import FailedPrecondition, Unavailable, from_category
 from actors.messages import TaskInfo
 
@@ -182,10 +182,14 @@ class Client:
     # -- containers -------------------------------------------------------------------------------------
     def create_container(
         self, id: str, spec: dict[str, Any], rootfs: str = "", runtime: str = "runc",
-        labels: dict[str, str] | None = None, image: str = "",
+        labels: dict[str, str] | None = None, image: str = "", net: str | None = None, ip: str = "",
+        ports: Sequence[str] = (),
     ) -> dict[str, Any]:  # fmt: skip
+        """A container record.  ``net`` (none, host or bridge; None: the daemon's default), ``ip`` (an
+        address on the bridge) and ``ports`` (``HOST:CTR[/tcp|udp]``) become its network labels."""
+        labels = {**(labels or {}), **netopts.to_labels(net, ip, ports)}
         result = self.call("containers.create", id=id, spec=spec, rootfs=rootfs, runtime=runtime,
-                           labels=labels or {}, image=image)  # fmt: skip
+                           labels=labels, image=image)  # fmt: skip
         return dict(result["container"])
 
     def get_container(self, id: str) -> dict[str, Any]:

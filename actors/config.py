@@ -93,6 +93,7 @@ class NetworkConfig:
     mode: NetworkMode = "none"
     bridge: str = "contactor0"
     subnet: ipaddress.IPv4Network = _DEFAULT_SUBNET
+    nat: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +237,7 @@ def _build(document: dict[str, Any], source: str) -> Config:
         mode=cast(NetworkMode, s.choice("mode", n.mode, NetworkMode)),
         bridge=s.ifname("bridge", n.bridge),
         subnet=s.subnet("subnet", n.subnet),
+        nat=s.boolean("nat", n.nat),
     )
 
     s = section("cluster")

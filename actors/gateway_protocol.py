@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any, Final
 
+from actors import netopts
 from actors.errdefs import InvalidArgument
 from actors.events import envelope
 from actors.messages import (
@@ -94,13 +95,16 @@ def to_message(method: str, params: dict[str, Any]) -> tuple[str, Any]:
             "snapshot_key": "", "extensions": {},
         }  # fmt: skip
         check_spec(record["spec"])
+        netopts.check_labels(_labels(params) or {})  # a bad --net, --ip or -p fails here, not at task create
         return "metadata", CreateContainer(record)
     if method == "containers.get":
         return "metadata", GetContainer(ns, _str(params, "id", ""))
     if method == "containers.list":
         return "metadata", ListContainers(ns, _strings(params, "filters"))
     if method == "containers.update":
-        return "metadata", UpdateContainer(ns, _str(params, "id", ""), labels=_labels(params),
+        labels = _labels(params)
+        netopts.check_labels(labels or {})
+        return "metadata", UpdateContainer(ns, _str(params, "id", ""), labels=labels,
                                            fieldpaths=_strings(params, "fieldpaths"))  # fmt: skip
     if method == "containers.delete":
         return "runtime", DeleteContainer(ns, _str(params, "id", ""))

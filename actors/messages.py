@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from actors.netopts import NetOptions
+
 # -- envelopes --------------------------------------------------------------------------------------
 
 
@@ -269,6 +271,8 @@ class TaskInfo:
     created_at: float
     actor_pid: int = 0
     restarts: int = 0
+    network: str = ""  # none, host or bridge
+    address: str = ""  # the task's address on the bridge
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +304,7 @@ class TaskSetup:
     rootfs: str = ""
     create: Ask | None = None
     restart_policy: str = ""
+    network: NetOptions | None = None
     # A task made again by its restart policy after its shim died: started right after the create.
     restarts: int = 0
     start: bool = False

@@ -19,7 +19,7 @@ from typing import Any
 
 from thespian.actors import ChildActorExited
 
-from actors import restart
+from actors import netopts, network, restart, task_network
 from actors._actor import ContactorActor, error_reply
 from actors.bundle import bundle_path, create_bundle, delete_bundle
 from actors.cgroups import placement
@@ -122,7 +122,13 @@ class RuntimeActor(ContactorActor):
         self.config, self.peers = msg.config, msg.peers
         self.send(sender, Ready(self.role, os.getpid()))
         if first:
-            for ns, cid in restore_plan(Path(self.config.daemon.state)):
+            plan = restore_plan(Path(self.config.daemon.state))
+            try:
+                # Addresses and namespaces of tasks whose bundles are gone go back first.
+                task_network.reconcile(self.config, plan)
+            except Exception as exc:
+                self.log.error("network_reconcile_failed", error=str(exc))
+            for ns, cid in plan:
                 runtime_name = self._runtime_of_bundle(ns, cid)
                 self._spawn(ns, cid, restore=True, runtime_name=runtime_name, rootfs="")
             self.log.info("restore_started", tasks=len(self.tasks))
@@ -139,8 +145,9 @@ class RuntimeActor(ContactorActor):
         except OSError:
             return "runc"
 
-    def _spawn(self, ns: str, cid: str, restore: bool, runtime_name: str, rootfs: str,
-               create: Ask | None = None, policy: str = "", respawn: Respawn | None = None) -> None:  # fmt: skip
+    def _spawn(self, ns: str, cid: str, restore: bool, runtime_name: str, rootfs: str, create: Ask | None = None,
+               policy: str = "", net: netopts.NetOptions | None = None,
+               respawn: Respawn | None = None) -> None:  # fmt: skip
         assert self.peers is not None
         address = self.createActor(TaskActor)
         self.tasks[(ns, cid)] = _Entry(ns, cid, address, runtime_name, rootfs)
@@ -148,7 +155,7 @@ class RuntimeActor(ContactorActor):
         self.send(
             address,
             TaskSetup(
-                ns, cid, bundle, restore, self.config, self.peers, runtime_name, rootfs, create, policy,
+                ns, cid, bundle, restore, self.config, self.peers, runtime_name, rootfs, create, policy, net,
                 respawn.restarts if respawn else 0, respawn is not None,
             ),
         )
@@ -194,19 +201,26 @@ class RuntimeActor(ContactorActor):
                 raise AlreadyExists(f"task {cid}: a shim still owns its bundle")
             delete_bundle(path)
         check_rootfs(str(record.get("rootfs") or ""), self.config)
-        policy = str((record.get("labels") or {}).get(restart.LABEL, ""))
+        labels = record.get("labels") or {}
+        policy = str(labels.get(restart.LABEL, ""))
         restart.parse(policy)  # a bad policy fails the create, before anything is made
+        net_cfg = self.config.network
+        net = netopts.from_labels(labels, net_cfg.mode, net_cfg.subnet)
         spec = check_spec(record.get("spec"))
+        netns = str(network.netns_path(self.config.daemon.state, ns, cid)) if net.mode == "bridge" else ""
+        spec = netopts.apply_to_spec(spec, net.mode, netns)
         # Placement is the runtime's: every task's cgroup sits where the monitor and cleanup look.
         cfg = self.config.cgroups
         spec = {
             **spec,
             "linux": {**(spec.get("linux") or {}), "cgroupsPath": placement(cfg.driver, cfg.parent, ns, cid)},
         }
+        if net.mode == "bridge":
+            task_network.prepare(net_cfg, net)  # the bridge is made on demand, by this one actor
         created = create_bundle(self.config.daemon.state, ns, cid, spec)
         (created / "runtime").write_text(runtime_name)
         self._spawn(ns, cid, False, runtime_name, str(record.get("rootfs") or ""), create=ask, policy=policy,
-                    respawn=respawn)  # fmt: skip
+                    net=net, respawn=respawn)  # fmt: skip
 
     # -- everything else --------------------------------------------------------------------------------
     def ask_TaskRequest(self, msg: TaskRequest, ask: Ask, sender: Any) -> TaskReply | None:

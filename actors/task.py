@@ -34,7 +34,7 @@ from typing import Any, Final
 
 from thespian.actors import ActorExitRequest
 
-from actors import restart
+from actors import restart, task_network
 from actors._actor import ContactorActor, error_reply
 from actors.bundle import delete_bundle, write_atomic
 from actors.cgroups import Host, detect, placement, remove_empty_parents, remove_task_cgroups
@@ -183,6 +183,7 @@ class TaskActor(ContactorActor):
         cfg = setup.config
         stdio = ask.body.stdio
         try:
+            self._setup_network()
             factory = Path(cfg.daemon.state) / "shim-factory.sock"
             handle = start_shim(
                 setup.namespace, setup.id, str(self.bundle), self._runtime_root(),
@@ -235,6 +236,7 @@ class TaskActor(ContactorActor):
         self._close_fds()
         with contextlib.suppress(Exception):
             self._cleanup_runtime_state()
+        self._teardown_network()
         with contextlib.suppress(Exception):
             delete_bundle(self.bundle)
         self._leave("create failed")
@@ -274,9 +276,11 @@ class TaskActor(ContactorActor):
     def _make_info(self, pid: int, status: str, exit_status: int = -1, exited_at: float = 0.0) -> TaskInfo:
         setup = self.setup
         assert setup is not None
+        net = self.state.get("net") or {}
         return TaskInfo(setup.namespace, setup.id, pid, status, exit_status, exited_at, self.shim_pid,
                         str(self.bundle), float(self.state.get("created_at", 0.0)), os.getpid(),
-                        int(self.state.get("restarts", 0)))  # fmt: skip
+                        int(self.state.get("restarts", 0)), str(net.get("mode", "")),
+                        task_network.address_of(net))  # fmt: skip
 
     def _update_info(self, **changes: Any) -> None:
         if self.info is None:
@@ -419,6 +423,7 @@ class TaskActor(ContactorActor):
             unmount_all(str(self.bundle / "rootfs"))
         except OSError as exc:
             self.log.error("rootfs_unmount_failed", error=str(exc))
+        self._teardown_network()
         event = {
             "container_id": setup.id,
             "id": setup.id,
@@ -440,6 +445,30 @@ class TaskActor(ContactorActor):
         self._remove_cgroups()
         self._stop_monitor(tuple(envelopes))
         self._leave("shim died", respawn=self._respawn({k: v for k, v in event.items() if k != "id"}))
+
+    # -- the task's network ---------------------------------------------------------------------------------
+    def _setup_network(self) -> None:
+        """A bridge task's network, made before its container; ``none`` and ``host`` need nothing."""
+        setup = self.setup
+        assert setup is not None
+        options = setup.network
+        if options is None or options.mode != "bridge":
+            self.state["net"] = {"mode": options.mode if options else ""}
+            return
+        # Recorded before anything is made: whoever cleans up after us knows to look.
+        self.state["net"] = {"mode": "bridge", "bridge": setup.config.network.bridge}
+        self._save_state()
+        self.state["net"] = task_network.setup(setup.config, setup.namespace, setup.id, options)
+        self._save_state()
+        self.log.info("network_ready", address=self.state["net"]["address"], veth=self.state["net"]["veth"])
+
+    def _teardown_network(self) -> None:
+        """Remove what the task's network made (before its bundle goes: a crash in between is retried)."""
+        setup = self.setup
+        assert setup is not None
+        record = self.state.get("net")
+        for problem in task_network.teardown(setup.config, setup.namespace, setup.id, record):
+            self.log.error("network_teardown_failed", problem=problem)
 
     def _fail_waiters(self, why: str) -> None:
         for waiters in self.waiters.values():
@@ -653,6 +682,7 @@ class TaskActor(ContactorActor):
         if not self._wait_shim_gone(10):
             self.log.error("shim_did_not_exit_after_shutdown", shim_pid=self.shim_pid)
         self._close_fds()
+        self._teardown_network()
         delete_bundle(self.bundle)
         self._remove_cgroups()
         event = {"container_id": self.setup.id, "pid": result.get("pid"), "exit_status": result.get("exit_status"),

@@ -43,6 +43,7 @@ def test_load_without_a_file_gives_the_documented_defaults() -> None:
     assert cfg.network.mode == "none"
     assert cfg.network.bridge == "contactor0"
     assert cfg.network.subnet == ipaddress.IPv4Network("10.88.0.0/16")
+    assert cfg.network.nat is False
     assert cfg.cluster.node is None
     assert cfg.cluster.leaders == ()
     assert cfg.cluster.advertise is None
@@ -124,6 +125,7 @@ BAD_FILES = [
     ("enum-format", '[log]\nformat = "xml"\n', "log.format must be one of"),
     ("enum-level", '[log]\nlevel = "trace"\n', "log.level must be one of"),
     ("enum-mode", '[network]\nmode = "nat"\n', "network.mode must be one of"),
+    ("type-nat", '[network]\nnat = "yes"\n', "network.nat must be a boolean, not a string"),
     (
         "type-string-for-int",
         '[daemon]\nadmin_port = "19320"\n',
