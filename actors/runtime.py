@@ -11,7 +11,9 @@ is replaced by a new one in restore mode: the container does not notice.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +48,7 @@ from actors.messages import (
     TaskRequest,
     TaskSetup,
 )
+from actors.procs import read_pid_file
 from actors.spec import check_spec
 from actors.task import TaskActor, live_shim
 
@@ -104,6 +107,20 @@ def check_rootfs(rootfs: str, config: Any) -> None:
         raise InvalidArgument(f"rootfs {rootfs!r} is the host's root directory")
 
 
+def restoring_info(state: str, ns: str, cid: str) -> TaskInfo:
+    """What the bundle alone tells of a task being restored (status ``restoring``)."""
+    bundle = bundle_path(state, ns, cid)
+    pid = shim_pid = 0
+    created_at = 0.0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        pid = read_pid_file(bundle / "init.pid")[0]
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        shim_pid = read_pid_file(bundle / "shim.pid")[0]
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        created_at = float(json.loads((bundle / "task.json").read_text()).get("created_at", 0.0))
+    return TaskInfo(ns, cid, pid, "restoring", -1, 0.0, shim_pid, str(bundle), created_at)
+
+
 class RuntimeActor(ContactorActor):
     role = "runtime"
 
@@ -131,6 +148,8 @@ class RuntimeActor(ContactorActor):
             for ns, cid in plan:
                 runtime_name = self._runtime_of_bundle(ns, cid)
                 self._spawn(ns, cid, restore=True, runtime_name=runtime_name, rootfs="")
+                # Listed at once, as "restoring", until its TaskActor reports what its shim says.
+                self.tasks[(ns, cid)].info = restoring_info(self.config.daemon.state, ns, cid)
             self.log.info("restore_started", tasks=len(self.tasks))
 
     def on_Peers(self, msg: Peers, sender: Any) -> None:

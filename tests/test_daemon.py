@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -147,7 +148,8 @@ def test_daemon_killed_with_ten_tasks_restores_them_with_real_exit_statuses(
     wait_for(lambda: not any(pid_alive(pids[cid]) for cid in statuses), 30, "two exits")
     daemon.start()
     with daemon.client() as c:
-        wait_for(lambda: len(c.list_tasks()) == 10, 30, "all ten tasks restored")
+        wait_for(lambda: [t.status for t in c.list_tasks()].count("restoring") == 0 and len(c.list_tasks()) == 10,
+                 30, "all ten tasks restored")  # fmt: skip
         tasks = {t.id: t for t in c.list_tasks()}
         running = sorted(cid for cid, t in tasks.items() if t.status == "running")
         assert running == [f"r{i}" for i in range(2, 10)]
@@ -272,3 +274,23 @@ def test_unknown_runtime_and_missing_spec_are_refused_without_leftovers(daemon: 
         assert [r["id"] for r in c.list_containers()] == ["odd"]
         assert not list((daemon.state / daemon.namespace).glob("*/config.json"))
         c.delete_container("odd")
+
+
+def test_tasks_are_listed_while_they_are_restored(daemon: Daemon, rootfs: Path) -> None:
+    with daemon.client() as c:
+        pid = run(c, rootfs, "slowshim", ["/bin/sleep", "1000"])
+        shim = next(t for t in c.list_tasks() if t.id == "slowshim").shim_pid
+    daemon.kill_all()
+    os.kill(shim, signal.SIGSTOP)  # its restore waits for an answer the stopped shim cannot give yet
+    try:
+        daemon.start()
+        with daemon.client() as c:
+            listed = [t for t in c.list_tasks() if t.id == "slowshim"]
+            assert [(t.status, t.pid, t.shim_pid) for t in listed] == [("restoring", pid, shim)]
+            os.kill(shim, signal.SIGCONT)
+            wait_for(lambda: any(t.id == "slowshim" and t.status == "running" for t in c.list_tasks()), 60,
+                     "the restored task")  # fmt: skip
+            c.delete_task("slowshim", force=True)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(shim, signal.SIGCONT)

@@ -90,7 +90,8 @@ def test_no_cgroup_is_left_after_delete_dead_shim_or_restart(daemon: Daemon, roo
     daemon.stop()
     daemon.start()
     with daemon.client() as c:
-        wait_for(lambda: [t.id for t in c.list_tasks()] == ["restarted"], 30, "the task restored")
+        wait_for(lambda: [(t.id, t.status) for t in c.list_tasks()] == [("restarted", "running")], 30,
+                 "the task restored")  # fmt: skip
         assert c.call("tasks.metrics", id="restarted")["pids"]["current"] == 1, (
             "monitored again after restore"
         )

@@ -197,7 +197,7 @@ def test_daemon_restart_keeps_every_address_and_frees_it_later(net: Net, rootfs:
     net.daemon.kill_all()
     net.daemon.start()
     with net.daemon.client() as c:
-        wait_for(lambda: len(c.list_tasks()) == 3, 30, "the tasks to be restored")
+        wait_for(lambda: [t.status for t in c.list_tasks()] == ["running"] * 3, 30, "the tasks to be restored")
         assert {t.id: t.address for t in c.list_tasks()} == addresses
         assert dict(net.allocations()) == addresses
         status, out = sh(c, "r1", f"ping -c 1 -W 5 {addresses['r2']}", tmp_path)
