@@ -9,10 +9,11 @@ retry and poison it, and always returns the actor's current ``ThespianWatch``
 
 from __future__ import annotations
 
+import os
 import traceback
 from typing import Any, ClassVar
 
-from thespian.actors import Actor, ThespianWatch
+from thespian.actors import Actor, ActorExitRequest, ThespianWatch
 
 from actors.errdefs import ContactorError
 from actors.logs import get_logger
@@ -38,6 +39,9 @@ class ContactorActor(Actor):  # type: ignore[misc]
 
     def receiveMessage(self, msg: Any, sender: Any) -> ThespianWatch | None:
         handler = getattr(self, f"on_{type(msg).__name__}", None)
+        if isinstance(msg, ActorExitRequest):
+            self._exit(msg, sender, handler)
+            return None
         try:
             if handler is not None:
                 handler(msg, sender)
@@ -49,6 +53,28 @@ class ContactorActor(Actor):  # type: ignore[misc]
             if isinstance(msg, Ask):
                 self.answer(msg, sender, error_reply(exc))
         return ThespianWatch(list(self.watched)) if self.watched else None
+
+    def _exit(self, msg: Any, sender: Any, handler: Any) -> None:
+        """Run the exit handler, then keep every fd of the last watch list a valid, idle one.
+
+        Thespian does not take the watch list of an ActorExitRequest's handler: it keeps
+        polling the previous one while it drains its sends, and a closed fd whose number
+        was reused (by its own epoll instance) makes that poll fail.
+        """
+        watched = list(self.watched)
+        try:
+            if handler is not None:
+                handler(msg, sender)
+        except Exception as exc:
+            self.log.error("handler_failed", message="ActorExitRequest", error=repr(exc))
+        idle = None
+        for fd in watched:
+            try:
+                os.fstat(fd)
+            except OSError:
+                if idle is None:
+                    idle, _ = os.pipe()  # a read end nobody writes to: never ready
+                os.dup2(idle, fd)
 
     def unhandled(self, msg: Any, sender: Any) -> None:
         if isinstance(msg, Ask):

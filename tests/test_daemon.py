@@ -294,3 +294,4 @@ def test_tasks_are_listed_while_they_are_restored(daemon: Daemon, rootfs: Path) 
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(shim, signal.SIGCONT)
+

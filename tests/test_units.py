@@ -98,3 +98,24 @@ def test_default_spec_shape() -> None:
     assert spec["root"] == {"path": "rootfs", "readonly": True}
     assert spec["linux"]["cgroupsPath"] == "/contactor/ns/id"
     assert {n["type"] for n in spec["linux"]["namespaces"]} == {"pid", "ipc", "uts", "mount", "network"}
+
+
+def test_fds_an_actor_closes_on_exit_stay_valid_for_thespians_last_poll() -> None:
+    import os
+
+    from thespian.actors import ActorExitRequest
+
+    from actors._actor import ContactorActor
+
+    class Closer(ContactorActor):
+        def on_ActorExitRequest(self, msg: object, sender: object) -> None:
+            for fd in self.watched:
+                os.close(fd)
+
+    r, w = os.pipe()
+    actor = Closer()
+    actor.watched = [r]
+    assert actor.receiveMessage(ActorExitRequest(), None) is None
+    os.fstat(r)  # still a valid fd (an idle pipe end), not a closed number epoll could be given
+    os.close(r)
+    os.close(w)
