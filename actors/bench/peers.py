@@ -11,10 +11,10 @@ Nothing outside those paths is touched, except the shim sockets that containerd
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import threading
@@ -269,12 +269,27 @@ class Containerd:
         return [p for p in pids() if any(a == self.sock or a.startswith(self.sock) for a in cmdline(p))
                 and "containerd-shim" in " ".join(cmdline(p)[:1])]  # fmt: skip
 
+    def shim_sockets(self) -> list[Path]:
+        """The shim sockets of every container this run could have made: containerd 1.6 names them
+        /run/containerd/s/<sha256 of its address/namespace/id>."""
+        out = []
+        for prefix in "csdv":
+            for i in range(1, self.counter + 1):
+                digest = hashlib.sha256(f"{self.sock}/{self.ns}/{prefix}{i}".encode()).hexdigest()
+                path = Path("/run/containerd/s") / digest
+                if path.is_socket():
+                    out.append(path)
+        return out
+
     def close(self) -> list[str]:
         problems: list[str] = []
         if self.proc is not None:
             with contextlib.suppress(Exception):
                 self._remove(list(self.tasks()))
         self.stop()
+        deadline = time.monotonic() + 10  # shims of deleted tasks exit on their own, removing their sockets
+        while self.our_shims() and time.monotonic() < deadline:
+            time.sleep(0.05)
         for pid in self.our_shims():
             problems.append(f"containerd shim left: {pid}")
             with contextlib.suppress(ProcessLookupError):
@@ -287,8 +302,16 @@ class Containerd:
                     subprocess.run(["runc", "--root", str(root), "delete", "--force", c.name],
                                    capture_output=True, check=False)  # fmt: skip
         remove_cgroup(self.ns)
-        shutil.rmtree(self.work, ignore_errors=True)
+        for sock in self.shim_sockets():  # a SIGKILLed shim leaves its socket, and containerd keeps it
+            sock.unlink(missing_ok=True)
         for d in reversed(self.made_run_dirs):
-            with contextlib.suppress(OSError):
-                d.rmdir()
+            deadline = time.monotonic() + 5
+            while d.exists():
+                try:
+                    d.rmdir()
+                except OSError:
+                    if time.monotonic() > deadline:
+                        problems.append(f"{d} not empty: {sorted(x.name for x in d.iterdir())[:5]}")
+                        break
+                    time.sleep(0.05)
         return problems

@@ -42,7 +42,7 @@ def table(samples: Samples) -> str:
     for figure, systems in samples.values.items():
         unit = samples.units[figure]
         ours = {name: v for name, v in systems.items() if name not in PEERS}
-        for name, values in systems.items():
+        for name, values in sorted(systems.items(), key=lambda kv: (kv[0] in PEERS, kv[0])):
             ratio = ""
             if name in PEERS:
                 ratio = "  ".join(f"{o}: {p50(v) / p50(values):.2f}x" for o, v in ours.items() if p50(values))
