@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: interrupted; cleaning up", file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the cleanup short
+            signal.signal(sig, signal.SIG_IGN)
         for name in reversed(list(systems)):
             progress(f"cleaning up {name}")
             try:
@@ -143,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         remove_cgroup(ns)
         remove_empty_parents(f"/contactor/{ns}")
         progress.done()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.default_int_handler)
         for problem in problems:
             print(f"bench: left behind and removed by force: {problem}", file=sys.stderr)
     meta["loadavg_end"] = os.getloadavg()
