@@ -1,0 +1,152 @@
+"""What every system under measurement shares: processes' memory, waiting on them, progress, samples.
+
+The benchmark drives three systems (contactor, raw runc, containerd) through the same figures;
+the helpers here are the parts that do not depend on which system it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def pss_kb(pid: int) -> int:
+    """Proportional set size of a process in kB (0 for one that is gone or a zombie)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def pgid_of(pid: int) -> int:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return -1
+
+
+def ppid_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def pids() -> list[int]:
+    return [int(x) for x in os.listdir("/proc") if x.isdigit()]
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    """Wait for ``pid`` to exit through a pidfd (a zombie counts as exited); True when it did."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
+
+
+def run(argv: Sequence[str], timeout: float = 120, env: dict[str, str] | None = None) -> str:
+    """Run a command to completion; its stdout, or RuntimeError with its stderr.
+
+    Output goes through files, not pipes: a container that `runc create` leaves running
+    inherits runc's stdio, and would hold a pipe open until it exits.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        done = subprocess.run(
+            list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=err, timeout=timeout, env=env
+        )
+        out.seek(0)
+        err.seek(0)
+        if done.returncode != 0:
+            message = err.read().decode(errors="replace").strip()[-500:]
+            raise RuntimeError(f"{' '.join(argv[:4])}... exited {done.returncode}: {message}")
+        return out.read().decode(errors="replace")
+
+
+def timed(argv: Sequence[str], env: dict[str, str] | None = None) -> float:
+    start = time.perf_counter()
+    run(argv, env=env)
+    return time.perf_counter() - start
+
+
+def remove_cgroup(path: str) -> None:
+    """Remove a cgroup directory tree (children first) in every hierarchy, if empty of processes."""
+    roots = [Path("/sys/fs/cgroup")]
+    if not (roots[0] / "cgroup.controllers").exists():  # v1: one hierarchy per controller
+        roots = [p for p in roots[0].iterdir() if p.is_dir() and not p.is_symlink()]
+    for root in roots:
+        top = root / path.strip("/")
+        if not top.is_dir():
+            continue
+        for sub in sorted(top.rglob("*"), key=lambda p: -len(p.parts)):
+            if sub.is_dir():
+                with contextlib.suppress(OSError):
+                    sub.rmdir()
+        with contextlib.suppress(OSError):
+            top.rmdir()
+
+
+class Progress:
+    """One status line on stderr: rewritten in place on a terminal, one line per step otherwise."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.tty = sys.stderr.isatty()
+        self.start = time.monotonic()
+        self.quiet = quiet
+        self.width = 0
+
+    def __call__(self, text: str) -> None:
+        if self.quiet:
+            return
+        line = f"[{time.monotonic() - self.start:6.1f}s] {text}"
+        if self.tty:
+            print("\r" + line.ljust(self.width), end="", file=sys.stderr, flush=True)
+            self.width = len(line)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if self.tty and self.width:
+            print(file=sys.stderr, flush=True)
+            self.width = 0
+
+
+class Samples:
+    """Raw numbers: figure -> system -> values, with a unit per figure."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, dict[str, list[float]]] = {}
+        self.units: dict[str, str] = {}
+
+    def add(self, figure: str, system: str, value: float, unit: str = "s") -> None:
+        self.values.setdefault(figure, {}).setdefault(system, []).append(value)
+        self.units[figure] = unit
+
+    def extend(self, figure: str, system: str, values: Iterable[float], unit: str = "s") -> None:
+        for v in values:
+            self.add(figure, system, v, unit)
