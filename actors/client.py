@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from actors import netopts, wire
 from actors.errdefs import FailedPrecondition, Unavailable, from_category
-from actors.messages import TaskInfo
+from actors.taskinfo import TaskInfo
 
 __all__ = ["Client", "Task", "EventsLost", "DEFAULT_ADDRESS", "CALL_TIMEOUT"]
 

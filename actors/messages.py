@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actors.netopts import NetOptions
+from actors.taskinfo import TaskInfo as TaskInfo  # re-exported: messages name every message type
 
 # -- envelopes --------------------------------------------------------------------------------------
 
@@ -256,23 +257,6 @@ TASK_OPS = frozenset(
 @dataclass(frozen=True, slots=True)
 class ListTasks:
     namespace: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TaskInfo:
-    namespace: str
-    id: str
-    pid: int
-    status: str
-    exit_status: int
-    exited_at: float
-    shim_pid: int
-    bundle: str
-    created_at: float
-    actor_pid: int = 0
-    restarts: int = 0
-    network: str = ""  # none, host or bridge
-    address: str = ""  # the task's address on the bridge
 
 
 @dataclass(frozen=True, slots=True)
