@@ -29,6 +29,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -372,26 +373,34 @@ class TaskActor(ContactorActor):
             return bool(select.select([self.pidfd], [], [], timeout)[0])
         return wait_exit(self.shim_pid, timeout)
 
-    def _cleanup_runtime_state(self, init_pid: int = 0) -> None:
+    def _cleanup_runtime_state(self, init_pid: int = 0, on_dead: Callable[[], None] | None = None) -> None:
         """Remove the container from the runtime, under this namespace's root (never the default root).
 
         ``delete --force`` would do, but runc sleeps a fixed 100 ms in it; kill, a wait on
         the init's pidfd and a plain delete do the same at once.  Force stays the fallback.
+        ``on_dead`` is called as soon as the init is gone (before runc is even started
+        when its pidfd could be had): the exit is told without waiting for runc.
         """
         setup = self.setup
         assert setup is not None
         rt = Runtime(shutil.which(setup.runtime_name) or setup.runtime_name, self._runtime_root(),
                      systemd_cgroup=setup.config.cgroups.driver == "systemd")  # fmt: skip
+        kill_all = rt.kill(setup.id, 9, all_processes=True)
         pidfd = _container_pidfd(init_pid, setup.namespace, setup.id)
         try:
-            subprocess.run(
-                rt.kill(setup.id, 9, all_processes=True), capture_output=True, timeout=60, check=False
-            )
             if pidfd is not None:
-                select.select([pidfd], [], [], 5.0)
+                with contextlib.suppress(OSError):
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                if not select.select([pidfd], [], [], 5.0)[0]:
+                    subprocess.run(kill_all, capture_output=True, timeout=60, check=False)
+                    select.select([pidfd], [], [], 5.0)
         finally:
             if pidfd is not None:
                 os.close(pidfd)
+        if on_dead is not None:
+            on_dead()
+        # Whatever else lives in the container's cgroup (a shared pid namespace), then the runtime's state.
+        subprocess.run(kill_all, capture_output=True, timeout=60, check=False)
         done = subprocess.run(rt.delete(setup.id), capture_output=True, timeout=60, check=False)
         if done.returncode != 0 and b"does not exist" not in done.stderr:
             subprocess.run(rt.delete(setup.id, force=True), capture_output=True, timeout=60, check=False)
@@ -415,15 +424,6 @@ class TaskActor(ContactorActor):
             # The container exited before its shim died: its real status, not an invented one.
             record = json.loads((self.bundle / "init.exit").read_text())
             status, exited_at = int(record["exit_status"]), float(record["exited_at"])
-        try:
-            self._cleanup_runtime_state(pid)
-        except Exception as exc:
-            self.log.error("runtime_delete_failed", error=str(exc))
-        try:
-            unmount_all(str(self.bundle / "rootfs"))
-        except OSError as exc:
-            self.log.error("rootfs_unmount_failed", error=str(exc))
-        self._teardown_network()
         event = {
             "container_id": setup.id,
             "id": setup.id,
@@ -431,19 +431,37 @@ class TaskActor(ContactorActor):
             "exit_status": status,
             "exited_at": exited_at,
         }
-        envelopes = [envelope(setup.namespace, "/tasks/delete", {**event, "id": ""})]
-        if not self.state.get("exit_published"):
-            envelopes.insert(0, envelope(setup.namespace, "/tasks/exit", event))
-            self.state["exit_published"] = True
-            self._save_state()
-        self._answer_waiters("", event)
+        told: list[bool] = []
+
+        def tell_exit() -> None:
+            # The init is gone: its exit goes out now (after its last OOM), the cleanup follows.
+            told.append(True)
+            envelopes = []
+            if not self.state.get("exit_published"):
+                envelopes.append(envelope(setup.namespace, "/tasks/exit", event))
+                self.state["exit_published"] = True
+                self._save_state()
+            self._stop_monitor(tuple(envelopes))
+            self._answer_waiters("", event)
+
+        try:
+            self._cleanup_runtime_state(pid, on_dead=tell_exit)
+        except Exception as exc:
+            self.log.error("runtime_delete_failed", error=str(exc))
+        if not told:
+            tell_exit()
+        try:
+            unmount_all(str(self.bundle / "rootfs"))
+        except OSError as exc:
+            self.log.error("rootfs_unmount_failed", error=str(exc))
+        self._teardown_network()
         self._fail_waiters("the task's shim died")
         try:
             delete_bundle(self.bundle)
         except Exception as exc:
             self.log.error("bundle_delete_failed", error=str(exc))
         self._remove_cgroups()
-        self._stop_monitor(tuple(envelopes))
+        self._publish("/tasks/delete", {**event, "id": ""})  # through the Monitor, after the exit
         self._leave("shim died", respawn=self._respawn({k: v for k, v in event.items() if k != "id"}))
 
     # -- the task's network ---------------------------------------------------------------------------------
