@@ -154,6 +154,14 @@ class TaskActor(ContactorActor):
             assert msg.create is not None
             self._create(msg.create, msg.create.reply_to)
 
+    def _runtime_binary(self) -> str:
+        """The configured runtime binary when this task uses the configured runtime, else its name."""
+        assert self.setup is not None
+        rt = self.setup.config.runtime
+        if rt.binary is not None and self.setup.runtime_name == rt.name:
+            return str(rt.binary)
+        return shutil.which(self.setup.runtime_name) or self.setup.runtime_name
+
     @property
     def bundle(self) -> Path:
         assert self.setup is not None
@@ -184,7 +192,7 @@ class TaskActor(ContactorActor):
             factory = Path(cfg.daemon.state) / "shim-factory.sock"
             handle = start_shim(
                 setup.namespace, setup.id, str(self.bundle), self._runtime_root(),
-                runtime=setup.runtime_name, shim=shim_command(cfg.runtime.shim), debug=cfg.runtime.shim_debug,
+                runtime=self._runtime_binary(), shim=shim_command(cfg.runtime.shim), debug=cfg.runtime.shim_debug,
                 factory=str(factory) if factory.exists() else None, systemd_cgroup=cfg.cgroups.driver == "systemd",
             )  # fmt: skip
             self.shim_pid = handle.pid
@@ -367,7 +375,7 @@ class TaskActor(ContactorActor):
         """
         setup = self.setup
         assert setup is not None
-        rt = Runtime(shutil.which(setup.runtime_name) or setup.runtime_name, self._runtime_root(),
+        rt = Runtime(self._runtime_binary(), self._runtime_root(),
                      systemd_cgroup=setup.config.cgroups.driver == "systemd")  # fmt: skip
         pidfd = _container_pidfd(init_pid, setup.namespace, setup.id)
         try:
