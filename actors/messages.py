@@ -330,3 +330,11 @@ class TaskGone:
     # so a client that lists tasks after its delete returned never sees the task again.
     reply_to: Any = None
     answer: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskActorLost:
+    """RuntimeActor -> Gateway: a task's TaskActor died; requests it held will never be answered."""
+
+    namespace: str
+    id: str
