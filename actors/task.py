@@ -248,10 +248,16 @@ class TaskActor(ContactorActor):
             self.log.warning("restore_found_dead_shim")
             self._cleanup_after_dead_shim()
             return
+        announced = (self.bundle / "task.json").exists()  # written once the create had returned
         try:
             self._connect(since=int(self.state.get("seq", 0)))
             assert self.client is not None
             st = self.client.call("state")
+        except (FailedPrecondition, NotFound):
+            # A shim without a container: the daemon died before its create reached the shim.
+            self.log.warning("restore_found_shim_without_container")
+            self._abandon_create()
+            return
         except ContactorError as exc:
             self.log.warning("restore_connect_failed", error=str(exc))
             self._close_fds()
@@ -261,14 +267,49 @@ class TaskActor(ContactorActor):
                 return
             self._cleanup_after_dead_shim()
             return
+        self._restored(st, announced)
+
+    def _restored(self, st: dict[str, Any], announced: bool) -> None:
+        """Take over a shim found alive, whatever the daemon was doing with it when it died."""
+        setup = self.setup
+        assert setup is not None and self.client is not None
+        if st["status"] == "deleted":
+            # The daemon died in the middle of a delete: finish it.
+            self.closing = True
+            self._drain_events()
+            self._finish_delete({"pid": st["pid"], "exit_status": st["exit_status"],
+                                 "exited_at": st["exited_at"]})  # fmt: skip
+            return
+        if st["status"] == "created" and int(st["pid"]) == 0:
+            # The daemon died while the shim was creating the container: wait for the create's end.
+            self.wakeupAfter(0.1, payload="await_create")
+            return
         self.info = self._make_info(
             int(st["pid"]), str(st["status"]), int(st["exit_status"]), float(st["exited_at"])
         )
+        if not announced:
+            self._save_state()
+            self._publish("/tasks/create", {"container_id": setup.id, "bundle": str(self.bundle), "rootfs": [],
+                                            "io": {}, "checkpoint": "", "pid": self.info.pid})  # fmt: skip
         if st["status"] in ("running", "paused", "created"):
             self._monitor(int(st["pid"]))
         self.send(self.runtime_parent, TaskReady(self.info))
         self.log.info("task_restored", pid=self.info.pid, status=self.info.status, shim_pid=self.shim_pid)
         self._drain_events()
+
+    def _await_create(self) -> None:
+        assert self.client is not None
+        try:
+            st = self.client.call("state")
+        except (FailedPrecondition, NotFound):
+            self.log.warning("create_failed_while_the_daemon_was_down")
+            self._abandon_create()
+            return
+        except ContactorError as exc:
+            self.log.warning("await_create_failed", error=str(exc))
+            self.wakeupAfter(0.5, payload="await_create")
+            return
+        self._restored(st, announced=False)
 
     def _make_info(self, pid: int, status: str, exit_status: int = -1, exited_at: float = 0.0) -> TaskInfo:
         setup = self.setup
@@ -503,6 +544,8 @@ class TaskActor(ContactorActor):
     def on_WakeupMessage(self, msg: Any, sender: Any) -> None:
         if msg.payload == "restore" and not self.gone:
             self._restore()
+        elif msg.payload == "await_create" and not self.gone and not self.closing:
+            self._await_create()
         elif msg.payload == "restart" and not self.gone and not self.closing:
             self._restart()
 
@@ -620,6 +663,12 @@ class TaskActor(ContactorActor):
             self.closing = False
             raise
         self._drain_events()
+        self._finish_delete(result, ask.reply_to or sender, Answer(ask.corr, TaskReply(result)))
+        return None
+
+    def _finish_delete(self, result: dict[str, Any], reply_to: Any = None, answer: Answer | None = None) -> None:
+        """The container is deleted in the shim: shut the shim down, remove the rest, publish, leave."""
+        assert self.client is not None and self.setup is not None
         with contextlib.suppress(ContactorError):
             self.client.call("shutdown", call_timeout=30)
         if not self._wait_shim_gone(10):
@@ -631,8 +680,7 @@ class TaskActor(ContactorActor):
                  "exited_at": result.get("exited_at"), "id": ""}  # fmt: skip
         self._stop_monitor((envelope(self.setup.namespace, "/tasks/delete", event),))
         self._fail_waiters("the task was deleted")
-        self._leave("deleted", ask.reply_to or sender, Answer(ask.corr, TaskReply(result)))
-        return None
+        self._leave("deleted", reply_to, answer)
 
     def on_ActorExitRequest(self, msg: Any, sender: Any) -> None:
         # Stopping the daemon never touches shims or containers: only let go of the connection.
