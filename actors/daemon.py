@@ -193,7 +193,7 @@ def _serve_once(cfg: Config, state: Path, stop_r: int, stopping: list[int], log:
     """Start the actor system, serve until it dies or we are asked to stop; returns its pgid."""
     from thespian.actors import ActorSystem
 
-    from actors.messages import Boot, Booted
+    from actors.messages import Boot, Booted, Drain, Drained
     from actors.supervisor import Supervisor
     from actors.transport import load_key, secure
 
@@ -237,6 +237,10 @@ def _serve_once(cfg: Config, state: Path, stop_r: int, stopping: list[int], log:
             for fd in watched:
                 os.close(fd)
         log.info("daemon_stopping", signal=stopping[0])
+        # The runtime first: a create or delete under way ends and is published while the Exchange lives.
+        drained = asys.ask(supervisor, Drain(), SHUTDOWN_TIMEOUT)
+        if not isinstance(drained, Drained):
+            log.warning("runtime_not_drained", reply=repr(drained))
         asys.shutdown()
         return pgid
     except BaseException:

@@ -61,6 +61,17 @@ class Booted:
 
 
 @dataclass(frozen=True, slots=True)
+class Drain:
+    """From the daemon, before it shuts the actor system down: stop the runtime (its TaskActors
+    finish what they are doing and publish it) while the Exchange still takes events."""
+
+
+@dataclass(frozen=True, slots=True)
+class Drained:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
 class Peers:
     """From the Supervisor to every child: the current addresses of the others."""
 
