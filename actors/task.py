@@ -66,6 +66,7 @@ __all__ = ["TaskActor", "DEAD_SHIM_STATUS"]
 
 DEAD_SHIM_STATUS: Final = 128 + 9
 PR_SET_PDEATHSIG: Final = 1
+STATE_FILE_SIZE: Final = 4096
 FORWARDED: Final = frozenset({"exec", "pids", "state", "close_io", "resize_pty", "update"})
 
 
@@ -172,8 +173,28 @@ class TaskActor(ContactorActor):
         return str(Path(self.setup.config.runtime_root) / self.setup.namespace)
 
     def _save_state(self) -> None:
-        with contextlib.suppress(OSError):
-            write_atomic(self.bundle / "task.json", json.dumps(self.state).encode())
+        """task.json: what was published (so a restored TaskActor never publishes it again).
+
+        Kept at a page or more (JSON ignores the trailing blanks), so that on a full state
+        filesystem, where the atomic rename cannot get a new file, the old copy is
+        overwritten in place: forgetting what was published would publish it twice.
+        """
+        path = self.bundle / "task.json"
+        data = json.dumps(self.state).encode()
+        try:
+            write_atomic(path, data.ljust(STATE_FILE_SIZE))
+        except OSError as exc:
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                try:
+                    size = os.fstat(fd).st_size
+                    if len(data) > size:
+                        raise exc
+                    os.pwrite(fd, data.ljust(size), 0)
+                finally:
+                    os.close(fd)
+            except OSError as final:
+                self.log.error("task_state_not_saved", error=str(final))
 
     def _connect(self, since: int | None) -> None:
         assert self.setup is not None

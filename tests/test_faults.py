@@ -12,6 +12,7 @@ made to fail or hang at a chosen moment.  Everything else is real.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import threading
@@ -247,6 +248,13 @@ def test_a_hanging_runtime_holds_up_only_its_own_task(
     nothing_left(wrapped, "slow", "other")
 
 
+def _on_record(path: Path, key: str) -> bool:
+    try:
+        return json.loads(path.read_text()).get(key) is True
+    except (OSError, ValueError):
+        return False
+
+
 def test_a_full_state_filesystem_refuses_creates_cleanly_and_spares_running_tasks(
     tmp_path: Path, namespace: str, rootfs: Path
 ) -> None:
@@ -266,13 +274,20 @@ def test_a_full_state_filesystem_refuses_creates_cleanly_and_spares_running_task
                 c.kill("keep", 9)
                 assert c.wait("keep", timeout=30)["exit_status"] == 137
                 assert "gateway" in c.health()["ready"]
+                # What was published is on record even so: a restored TaskActor must not publish it again.
+                record = d.state / d.namespace / "keep" / "task.json"
+                wait_for(lambda: _on_record(record, "exit_published"), 30, "the exit to be on record")
             finally:
                 filler.unlink()
+        restart(d, crash=True)
+        with d.client() as c:
+            wait_for(lambda: getattr(task(c, "keep"), "status", "") == "stopped", 30, "the restored task")
             c.delete_task("keep")
             assert c.create_task("new").pid > 0  # room again: creates go through
             c.delete_task("new")
         nothing_left(d, "keep", "new")
-        assert final_topics(d, "keep")[-2:] == [("/tasks/exit", 137), ("/tasks/delete", 137)]
+        assert final_topics(d, "keep") == [("/tasks/create", None), ("/tasks/start", None), ("/tasks/exit", 137),
+                                           ("/tasks/delete", 137)]  # fmt: skip
 
 
 def test_a_container_that_forks_a_hundred_children_and_exits_reports_its_own_status(
