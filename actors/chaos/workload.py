@@ -137,8 +137,7 @@ class Workload:
 
     def _delete(self, c: Any, cid: str) -> None:
         st = c.state(cid)
-        if st["status"] in ("running", "paused"):
+        if st["status"] != "stopped":
+            # A running task is killed by the forced delete; a created one's init by the runtime's delete.
             self.ledger.mark_sigkilled(cid)
-            c.delete_task(cid, force=True)
-        else:
-            c.delete_task(cid)
+        c.delete_task(cid, force=st["status"] in ("running", "paused"))
