@@ -488,7 +488,10 @@ class TaskActor(ContactorActor):
             "exited_at": exited_at,
         }
         envelopes = [envelope(setup.namespace, "/tasks/delete", {**event, "id": ""})]
-        if not self.state.get("exit_published"):
+        if not pid and not (self.bundle / "task.json").exists():
+            # The daemon died before this task's container existed: no process ran, nothing was announced.
+            envelopes = []
+        elif not self.state.get("exit_published"):
             envelopes.insert(0, envelope(setup.namespace, "/tasks/exit", event))
             self.state["exit_published"] = True
             self._save_state()
