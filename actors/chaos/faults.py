@@ -80,6 +80,13 @@ class Injector:
             c.list_tasks()
             return set(h["ready"]) >= ROLES
 
+    def restored(self) -> bool:
+        """Every bundle on disk has its task listed again (a restore is complete)."""
+        bundles = self.daemon.state / self.daemon.namespace
+        on_disk = {p.name for p in bundles.iterdir() if not p.name.startswith(".")} if bundles.is_dir() else set()
+        with self.daemon.client() as c:
+            return on_disk <= {t.id for t in c.list_tasks()}
+
     def _new_id(self) -> str:
         self.counter += 1
         return f"f{self.counter}"

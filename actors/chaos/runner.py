@@ -122,7 +122,8 @@ def _drive(daemon: Any, options: Options, ledger: Ledger, result: Result, wrappe
         workload.stop.set()
         injector.release()
     progress.say("checking invariants")
-    if not wait_until(injector.healthy, RECOVERY_TIMEOUT):
+    # Recovered: the daemon answers, and every task whose bundle is on disk is listed again.
+    if not wait_until(lambda: injector.healthy() and injector.restored(), RECOVERY_TIMEOUT):
         result.violations.append(f"the daemon did not recover within {RECOVERY_TIMEOUT}s of the last fault")
         return
     result.final_recovery = time.monotonic() - last_fault
