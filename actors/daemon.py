@@ -13,6 +13,7 @@ restarting the daemon never touches them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import select
@@ -39,14 +40,24 @@ _THESPIAN_LOGS: Final = {
 
 
 class _Lock:
-    """``<state>/contactor.pid``, flocked for the daemon's lifetime."""
+    """``<state>/contactor.pid``, locked for the daemon's lifetime.
+
+    A POSIX record lock (``lockf``), not ``flock``: a flock belongs to the open file,
+    which every process forked from the daemon (the actor system, the shim factory)
+    shares, so after a SIGKILL of the daemon its orphaned actor system would keep the
+    lock and no new daemon could start to clear it away.  A record lock is the
+    daemon process's own and dies with it.
+    """
 
     def __init__(self, state: Path) -> None:
         self.path = state / "contactor.pid"
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                os.close(self.fd)
+                raise
             other = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(self.fd)
             raise FailedPrecondition(
@@ -133,7 +144,8 @@ def _environment(cfg: Config) -> None:
     os.environ.setdefault("THESPLOG_FILE", str(root / "thespian.log"))
     os.environ.setdefault("THESPLOG_THRESHOLD", "WARNING")
     # A dead external client must not keep an actor retrying a send for the default 5 minutes.
-    os.environ.setdefault("THESPIAN_TRANSMIT_TIMEOUT_PERIOD", "0:00:20")
+    # Thespian reads it as minutes:seconds; anything else is ignored (with a warning) for 5:00.
+    os.environ.setdefault("THESPIAN_TRANSMIT_TIMEOUT_PERIOD", "0:20")
 
 
 def run(cfg: Config) -> int:
@@ -181,7 +193,7 @@ def _serve_once(cfg: Config, state: Path, stop_r: int, stopping: list[int], log:
     """Start the actor system, serve until it dies or we are asked to stop; returns its pgid."""
     from thespian.actors import ActorSystem
 
-    from actors.messages import Boot, Booted
+    from actors.messages import Boot, Booted, Drain, Drained
     from actors.supervisor import Supervisor
     from actors.transport import load_key, secure
 
@@ -200,6 +212,10 @@ def _serve_once(cfg: Config, state: Path, stop_r: int, stopping: list[int], log:
             raise Unavailable(f"the actor system did not start: {booted!r}")
         pgid = booted.pgid
         (state / "actors.pgid").write_text(f"{pgid}\n")
+        # The admin's process group leader is the fork that daemonized it: our child, gone by now,
+        # and Thespian detached it from multiprocessing, so nobody else reaps it.
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pgid, 0)
         log.info("daemon_ready", admin_pid=booted.admin_pid, pgid=pgid, address=str(cfg.daemon.address),
                  seconds=round(time.monotonic() - started, 3))  # fmt: skip
         # The admin, and the Supervisor that nothing else would restart: either dying restarts all.
@@ -221,6 +237,10 @@ def _serve_once(cfg: Config, state: Path, stop_r: int, stopping: list[int], log:
             for fd in watched:
                 os.close(fd)
         log.info("daemon_stopping", signal=stopping[0])
+        # The runtime first: a create or delete under way ends and is published while the Exchange lives.
+        drained = asys.ask(supervisor, Drain(), SHUTDOWN_TIMEOUT)
+        if not isinstance(drained, Drained):
+            log.warning("runtime_not_drained", reply=repr(drained))
         asys.shutdown()
         return pgid
     except BaseException:

@@ -41,6 +41,7 @@ from actors.messages import (
     Follow,
     Peers,
     Ready,
+    TaskActorLost,
 )
 
 __all__ = ["Gateway"]
@@ -78,6 +79,8 @@ class Gateway(ContactorActor):
         self.conns: dict[int, _Conn] = {}
         self.pending: dict[int, tuple[int, int]] = {}  # corr -> (fd, request id)
         self.reader: LogReader | None = None
+        # corr -> (role, namespace, task id) the request went to: who must answer it
+        self.pending_at: dict[int, tuple[str, str, str]] = {}
         self.corr = itertools.count(1)
         self.peers: Peers | None = None
         self.supervisor: Any = None
@@ -98,6 +101,11 @@ class Gateway(ContactorActor):
 
     def on_Peers(self, msg: Peers, sender: Any) -> None:
         replaced = self.peers is not None and self.peers.exchange != msg.exchange
+        if self.peers is not None:
+            # A request held by an actor that died is never answered: say so instead of leaving it.
+            dead = {role for role in ("metadata", "monitor", "runtime")
+                    if getattr(self.peers, role) != getattr(msg, role)}  # fmt: skip
+            self._fail_pending(lambda at: at[0] in dead, "the daemon restarted the actor serving this request")
         self.peers = msg
         if replaced:
             # A new Exchange knows no followers; the streams' cursors are ours, so nothing is lost.
@@ -194,7 +202,20 @@ class Gateway(ContactorActor):
         target = self.supervisor if role == "supervisor" else getattr(self.peers, role)
         corr = next(self.corr)
         self.pending[corr] = (fd, req_id)
+        self.pending_at[corr] = (role, str(getattr(message, "namespace", "")), str(getattr(message, "id", "")))
         self.send(target, Ask(corr, message))
+
+    def _fail_pending(self, held: Any, why: str) -> None:
+        for corr, at in list(self.pending_at.items()):
+            if held(at):
+                del self.pending_at[corr]
+                target = self.pending.pop(corr, None)
+                if target is not None:
+                    self._reply(*target, ErrorReply("unavailable", f"{why}; it may or may not have taken effect"))
+
+    def on_TaskActorLost(self, msg: TaskActorLost, sender: Any) -> None:
+        self._fail_pending(lambda at: at[0] == "runtime" and at[1:] == (msg.namespace, msg.id),
+                           f"task {msg.id}: the actor serving this request died")  # fmt: skip
 
     def _subscribe(self, fd: int, req_id: int, params: dict[str, Any]) -> None:
         filters = params.get("filters", [])
@@ -258,12 +279,14 @@ class Gateway(ContactorActor):
         for corr, (pfd, _) in list(self.pending.items()):
             if pfd == fd:
                 del self.pending[corr]
+                self.pending_at.pop(corr, None)
         with contextlib.suppress(OSError):
             conn.sock.close()
         self._rewatch()  # the watch list changes only when a connection comes or goes
 
     # -- replies and events -----------------------------------------------------------------------------
     def on_Answer(self, msg: Answer, sender: Any) -> None:
+        self.pending_at.pop(msg.corr, None)
         target = self.pending.pop(msg.corr, None)
         if target is not None:
             self._reply(*target, msg.body)

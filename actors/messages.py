@@ -64,6 +64,17 @@ class Booted:
 
 
 @dataclass(frozen=True, slots=True)
+class Drain:
+    """From the daemon, before it shuts the actor system down: stop the runtime (its TaskActors
+    finish what they are doing and publish it) while the Exchange still takes events."""
+
+
+@dataclass(frozen=True, slots=True)
+class Drained:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
 class Peers:
     """From the Supervisor to every child: the current addresses of the others."""
 
@@ -326,3 +337,11 @@ class TaskGone:
     reply_to: Any = None
     answer: Any = None
     respawn: Respawn | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskActorLost:
+    """RuntimeActor -> Gateway: a task's TaskActor died; requests it held will never be answered."""
+
+    namespace: str
+    id: str

@@ -40,6 +40,7 @@ from actors.messages import (
     Peers,
     Ready,
     Respawn,
+    TaskActorLost,
     TaskGone,
     TaskInfo,
     TaskList,
@@ -153,6 +154,11 @@ class RuntimeActor(ContactorActor):
             self.log.info("restore_started", tasks=len(self.tasks))
 
     def on_Peers(self, msg: Peers, sender: Any) -> None:
+        if self.peers is not None and self.peers.metadata != msg.metadata:
+            # The MetadataActor that was to answer these creates died: they fail, and may be retried.
+            for ask, _ in self.pending.values():
+                self.send(ask.reply_to, Answer(ask.corr, ErrorReply("unavailable", "the metadata actor restarted")))
+            self.pending.clear()
         self.peers = msg
         for entry in self.tasks.values():
             self.send(entry.address, msg)
@@ -318,6 +324,8 @@ class RuntimeActor(ContactorActor):
                 # Died without a delete: a new TaskActor takes the same bundle over.
                 self.log.warning("task_actor_died", namespace=key[0], id=key[1])
                 del self.tasks[key]
+                if self.peers is not None:
+                    self.send(self.peers.gateway, TaskActorLost(*key))
                 if bundle_path(self.config.daemon.state, *key).exists():
                     self._spawn(key[0], key[1], True, entry.runtime_name, entry.rootfs)
                 return

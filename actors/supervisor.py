@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any, Final
 
-from thespian.actors import ChildActorExited, DeadEnvelope
+from thespian.actors import ActorExitRequest, ChildActorExited, DeadEnvelope
 
 from actors._actor import ContactorActor
 from actors.events import Exchange
@@ -24,6 +24,8 @@ from actors.messages import (
     Boot,
     Booted,
     Configure,
+    Drain,
+    Drained,
     Health,
     HealthReply,
     Peers,
@@ -56,6 +58,7 @@ class Supervisor(ContactorActor):
         self.ready: set[str] = set()
         self.pids: dict[str, int] = {}
         self.boot_waiter: Any = None
+        self.drain_waiter: Any = None
         self.stopping = False
 
     def _peers(self) -> Peers:
@@ -81,10 +84,22 @@ class Supervisor(ContactorActor):
     def ask_Health(self, msg: Health, ask: Ask, sender: Any) -> HealthReply:
         return HealthReply(tuple(sorted(self.ready)), {"supervisor": os.getpid(), **self.pids})
 
+    def on_Drain(self, msg: Drain, sender: Any) -> None:
+        self.stopping = True
+        runtime = self.children.get("runtime")
+        if runtime is None:
+            self.send(sender, Drained())
+            return
+        self.drain_waiter = sender
+        self.send(runtime, ActorExitRequest())
+
     def on_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
         for role, address in list(self.children.items()):
             if address == msg.childAddress:
                 if self.stopping:
+                    if role == "runtime" and self.drain_waiter is not None:
+                        self.send(self.drain_waiter, Drained())
+                        self.drain_waiter = None
                     return
                 self.log.warning("child_died", child=role)
                 self.ready.discard(role)

@@ -69,6 +69,7 @@ __all__ = ["TaskActor", "DEAD_SHIM_STATUS"]
 
 DEAD_SHIM_STATUS: Final = 128 + 9
 PR_SET_PDEATHSIG: Final = 1
+STATE_FILE_SIZE: Final = 4096
 FORWARDED: Final = frozenset({"exec", "pids", "state", "close_io", "resize_pty", "update"})
 
 
@@ -157,6 +158,14 @@ class TaskActor(ContactorActor):
             assert msg.create is not None
             self._create(msg.create, msg.create.reply_to)
 
+    def _runtime_binary(self) -> str:
+        """The configured runtime binary when this task uses the configured runtime, else its name."""
+        assert self.setup is not None
+        rt = self.setup.config.runtime
+        if rt.binary is not None and self.setup.runtime_name == rt.name:
+            return str(rt.binary)
+        return shutil.which(self.setup.runtime_name) or self.setup.runtime_name
+
     @property
     def bundle(self) -> Path:
         assert self.setup is not None
@@ -167,8 +176,28 @@ class TaskActor(ContactorActor):
         return str(Path(self.setup.config.runtime_root) / self.setup.namespace)
 
     def _save_state(self) -> None:
-        with contextlib.suppress(OSError):
-            write_atomic(self.bundle / "task.json", json.dumps(self.state).encode())
+        """task.json: what was published (so a restored TaskActor never publishes it again).
+
+        Kept at a page or more (JSON ignores the trailing blanks), so that on a full state
+        filesystem, where the atomic rename cannot get a new file, the old copy is
+        overwritten in place: forgetting what was published would publish it twice.
+        """
+        path = self.bundle / "task.json"
+        data = json.dumps(self.state).encode()
+        try:
+            write_atomic(path, data.ljust(STATE_FILE_SIZE))
+        except OSError as exc:
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                try:
+                    size = os.fstat(fd).st_size
+                    if len(data) > size:
+                        raise exc
+                    os.pwrite(fd, data.ljust(size), 0)
+                finally:
+                    os.close(fd)
+            except OSError as final:
+                self.log.error("task_state_not_saved", error=str(final))
 
     def _connect(self, since: int | None) -> None:
         assert self.setup is not None
@@ -188,7 +217,7 @@ class TaskActor(ContactorActor):
             factory = Path(cfg.daemon.state) / "shim-factory.sock"
             handle = start_shim(
                 setup.namespace, setup.id, str(self.bundle), self._runtime_root(),
-                runtime=setup.runtime_name, shim=shim_command(cfg.runtime.shim), debug=cfg.runtime.shim_debug,
+                runtime=self._runtime_binary(), shim=shim_command(cfg.runtime.shim), debug=cfg.runtime.shim_debug,
                 factory=str(factory) if factory.exists() else None, systemd_cgroup=cfg.cgroups.driver == "systemd",
             )  # fmt: skip
             self.shim_pid = handle.pid
@@ -252,10 +281,16 @@ class TaskActor(ContactorActor):
             self.log.warning("restore_found_dead_shim")
             self._cleanup_after_dead_shim()
             return
+        announced = (self.bundle / "task.json").exists()  # written once the create had returned
         try:
             self._connect(since=int(self.state.get("seq", 0)))
             assert self.client is not None
             st = self.client.call("state")
+        except (FailedPrecondition, NotFound):
+            # A shim without a container: the daemon died before its create reached the shim.
+            self.log.warning("restore_found_shim_without_container")
+            self._abandon_create()
+            return
         except ContactorError as exc:
             self.log.warning("restore_connect_failed", error=str(exc))
             self._close_fds()
@@ -265,14 +300,49 @@ class TaskActor(ContactorActor):
                 return
             self._cleanup_after_dead_shim()
             return
+        self._restored(st, announced)
+
+    def _restored(self, st: dict[str, Any], announced: bool) -> None:
+        """Take over a shim found alive, whatever the daemon was doing with it when it died."""
+        setup = self.setup
+        assert setup is not None and self.client is not None
+        if st["status"] == "deleted":
+            # The daemon died in the middle of a delete: finish it.
+            self.closing = True
+            self._drain_events()
+            self._finish_delete({"pid": st["pid"], "exit_status": st["exit_status"],
+                                 "exited_at": st["exited_at"]})  # fmt: skip
+            return
+        if st["status"] == "created" and int(st["pid"]) == 0:
+            # The daemon died while the shim was creating the container: wait for the create's end.
+            self.wakeupAfter(0.1, payload="await_create")
+            return
         self.info = self._make_info(
             int(st["pid"]), str(st["status"]), int(st["exit_status"]), float(st["exited_at"])
         )
+        if not announced:
+            self._save_state()
+            self._publish("/tasks/create", {"container_id": setup.id, "bundle": str(self.bundle), "rootfs": [],
+                                            "io": {}, "checkpoint": "", "pid": self.info.pid})  # fmt: skip
         if st["status"] in ("running", "paused", "created"):
             self._monitor(int(st["pid"]))
         self.send(self.runtime_parent, TaskReady(self.info))
         self.log.info("task_restored", pid=self.info.pid, status=self.info.status, shim_pid=self.shim_pid)
         self._drain_events()
+
+    def _await_create(self) -> None:
+        assert self.client is not None
+        try:
+            st = self.client.call("state")
+        except (FailedPrecondition, NotFound):
+            self.log.warning("create_failed_while_the_daemon_was_down")
+            self._abandon_create()
+            return
+        except ContactorError as exc:
+            self.log.warning("await_create_failed", error=str(exc))
+            self.wakeupAfter(0.5, payload="await_create")
+            return
+        self._restored(st, announced=False)
 
     def _make_info(self, pid: int, status: str, exit_status: int = -1, exited_at: float = 0.0) -> TaskInfo:
         setup = self.setup
@@ -383,7 +453,7 @@ class TaskActor(ContactorActor):
         """
         setup = self.setup
         assert setup is not None
-        rt = Runtime(shutil.which(setup.runtime_name) or setup.runtime_name, self._runtime_root(),
+        rt = Runtime(self._runtime_binary(), self._runtime_root(),
                      systemd_cgroup=setup.config.cgroups.driver == "systemd")  # fmt: skip
         kill_all = rt.kill(setup.id, 9, all_processes=True)
         pidfd = _container_pidfd(init_pid, setup.namespace, setup.id)
@@ -432,12 +502,14 @@ class TaskActor(ContactorActor):
             "exited_at": exited_at,
         }
         told: list[bool] = []
+        # The daemon died before this task's container existed: no process ran, nothing is announced.
+        never_ran = not pid and not (self.bundle / "task.json").exists()
 
         def tell_exit() -> None:
             # The init is gone: its exit goes out now (after its last OOM), the cleanup follows.
             told.append(True)
             envelopes = []
-            if not self.state.get("exit_published"):
+            if not never_ran and not self.state.get("exit_published"):
                 envelopes.append(envelope(setup.namespace, "/tasks/exit", event))
                 self.state["exit_published"] = True
                 self._save_state()
@@ -461,6 +533,9 @@ class TaskActor(ContactorActor):
         except Exception as exc:
             self.log.error("bundle_delete_failed", error=str(exc))
         self._remove_cgroups()
+        if never_ran:
+            self._leave("shim died before its container existed")
+            return
         self._publish("/tasks/delete", {**event, "id": ""})  # through the Monitor, after the exit
         self._leave("shim died", respawn=self._respawn({k: v for k, v in event.items() if k != "id"}))
 
@@ -554,6 +629,8 @@ class TaskActor(ContactorActor):
     def on_WakeupMessage(self, msg: Any, sender: Any) -> None:
         if msg.payload == "restore" and not self.gone:
             self._restore()
+        elif msg.payload == "await_create" and not self.gone and not self.closing:
+            self._await_create()
         elif msg.payload == "restart" and not self.gone and not self.closing:
             self._restart()
 
@@ -695,6 +772,12 @@ class TaskActor(ContactorActor):
             self.closing = False
             raise
         self._drain_events()
+        self._finish_delete(result, ask.reply_to or sender, Answer(ask.corr, TaskReply(result)))
+        return None
+
+    def _finish_delete(self, result: dict[str, Any], reply_to: Any = None, answer: Answer | None = None) -> None:
+        """The container is deleted in the shim: shut the shim down, remove the rest, publish, leave."""
+        assert self.client is not None and self.setup is not None
         with contextlib.suppress(ContactorError):
             self.client.call("shutdown", call_timeout=30)
         if not self._wait_shim_gone(10):
@@ -707,8 +790,7 @@ class TaskActor(ContactorActor):
                  "exited_at": result.get("exited_at"), "id": ""}  # fmt: skip
         self._stop_monitor((envelope(self.setup.namespace, "/tasks/delete", event),))
         self._fail_waiters("the task was deleted")
-        self._leave("deleted", ask.reply_to or sender, Answer(ask.corr, TaskReply(result)))
-        return None
+        self._leave("deleted", reply_to, answer)
 
     def on_ActorExitRequest(self, msg: Any, sender: Any) -> None:
         # Stopping the daemon never touches shims or containers: only let go of the connection.

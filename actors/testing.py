@@ -68,6 +68,10 @@ class Daemon:
         from actors.client import Client
         from actors.errdefs import Unavailable
 
+        # Ready means *this* daemon's actor system answers, not an orphaned old one still serving.
+        stale = None
+        with contextlib.suppress(Unavailable, KeyError), Client(self.address, timeout=2) as c:
+            stale = c.call("health", timeout=5)["pids"]["supervisor"]
         logf = open(self.log, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "actors.cli", "--config", str(self.config), "daemon"],
@@ -82,7 +86,8 @@ class Daemon:
                 )
             try:
                 with Client(self.address, timeout=2) as c:
-                    if "gateway" in c.health()["ready"]:
+                    health = c.health()
+                    if "gateway" in health["ready"] and health["pids"].get("supervisor") != stale:
                         return
             except Unavailable:
                 pass
@@ -150,16 +155,18 @@ def _shims_under(state: Path) -> list[int]:
 
 
 @contextlib.contextmanager
-def private_daemon(tmp_path: Path, namespace: str = "default", extra_config: str = "") -> Iterator[Daemon]:
+def private_daemon(tmp_path: Path, namespace: str = "default", extra_config: str = "",
+                   runtime_config: str = "") -> Iterator[Daemon]:  # fmt: skip
     """A running daemon on private dirs and a free port; afterwards every task, shim, bundle and
     record of it is gone, and an AssertionError says what had to be cleaned up by force.
-    ``extra_config`` is TOML appended to its configuration (sections other than daemon/runtime/log)."""
+    ``extra_config`` is TOML appended to its configuration (sections other than daemon/runtime/log);
+    ``runtime_config`` is TOML lines added to its [runtime] section (e.g. a ``binary``)."""
     state, root = tmp_path / "state", tmp_path / "root"
     address = str(tmp_path / "contactor.sock")
     conf = tmp_path / "contactor.toml"
     conf.write_text(
         f'[daemon]\nstate = "{state}"\nroot = "{root}"\naddress = "{address}"\nadmin_port = {free_port()}\n'
-        '[runtime]\nshim_debug = true\n[log]\nlevel = "debug"\n' + extra_config
+        f'[runtime]\nshim_debug = true\n{runtime_config}\n[log]\nlevel = "debug"\n' + extra_config
     )
     d = Daemon(conf, state, root, address, tmp_path / "daemon.log", namespace)
     d.start()
