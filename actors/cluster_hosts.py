@@ -122,10 +122,10 @@ def _config(host: Host, leaders: list[str], key_file: str, timings: dict[str, in
 
 
 def make(base: Path, n: int, leaders: int = 1, timings: dict[str, int] | None = None,
-         extra: dict[str, str] | None = None) -> Hosts:  # fmt: skip
+         keys: dict[str, str] | None = None) -> Hosts:  # fmt: skip
     """``n`` hosts named ``node1``..``nodeN``; the first ``leaders`` of them are the convention leaders.
 
-    ``extra`` maps a host name to TOML appended to its config (e.g. another key file).
+    ``keys`` maps a host name to a key file of its own instead of the cluster's.
     """
     if not 1 <= n <= 200 or not 1 <= leaders <= n:
         raise FailedPrecondition(f"cannot make {n} hosts with {leaders} leaders")
@@ -153,7 +153,7 @@ def make(base: Path, n: int, leaders: int = 1, timings: dict[str, int] | None = 
             Path(host.dir).mkdir(mode=0o700, exist_ok=True)
         leader_list = [f"{h.ip}:{ADMIN_PORT}" for h in hosts.hosts[:leaders]]
         for host in hosts.hosts:
-            text = _config(host, leader_list, str(key_file), timings or {}, (extra or {}).get(host.name, ""))
+            text = _config(host, leader_list, (keys or {}).get(host.name, str(key_file)), timings or {}, "")
             host.config.write_text(text)
     except BaseException:
         destroy(base)
