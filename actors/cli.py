@@ -175,8 +175,19 @@ class Commands:
     @property
     def client(self) -> Client:
         if self._client is None:
-            self._client = Client(self.address, namespace=self.args.namespace)
+            self._client = Client(self.address, namespace=self.args.namespace, node=self._node())
         return self._client
+
+    def _node(self) -> str | None:
+        """--node, or the node --constraint places the task on."""
+        node = getattr(self.args, "node", None)
+        constraints = _pairs(getattr(self.args, "constraint", []) or [], "constraint")
+        if constraints:
+            if node:
+                raise InvalidArgument("give --node or --constraint, not both")
+            node = Client(self.address, namespace=self.args.namespace).place(constraints)
+            self.args.node = node
+        return node or None
 
     def out(self, obj: Any, text: Callable[[], None]) -> None:
         if self.args.json:
@@ -291,13 +302,16 @@ class Commands:
         return bool((spec.get("process") or {}).get("terminal"))
 
     def tasks_ls(self) -> int:
-        tasks = self.client.list_tasks()
+        all_nodes = self.args.all_nodes
+        tasks = self.client.list_tasks(all_nodes=all_nodes)
 
         def text() -> None:
-            print(f"{'TASK':<24} {'PID':>8} {'STATUS':<8} {'EXIT':>4} {'RESTARTS':>8} {'NET':<6} ADDRESS")
+            node = f"{'NODE':<16} " if all_nodes else ""
+            print(f"{node}{'TASK':<24} {'PID':>8} {'STATUS':<8} {'EXIT':>4} {'RESTARTS':>8} {'NET':<6} ADDRESS")
             for t in tasks:
                 exit_status = "" if t.status != "stopped" else str(t.exit_status)
-                print(f"{t.id:<24} {t.pid:>8} {t.status.upper():<8} {exit_status:>4} {t.restarts:>8} "
+                node = f"{t.node:<16} " if all_nodes else ""
+                print(f"{node}{t.id:<24} {t.pid:>8} {t.status.upper():<8} {exit_status:>4} {t.restarts:>8} "
                       f"{t.network:<6} {t.address}")  # fmt: skip
 
         self.out([_task_dict(t) for t in tasks], text)
@@ -398,6 +412,20 @@ class Commands:
             self.client.delete_container(a.id)
         return status
 
+    def nodes_ls(self) -> int:
+        nodes = self.client.list_nodes()
+
+        def text() -> None:
+            print(f"{'NODE':<16} {'ADDRESS':<22} {'STATE':<8} {'TASKS':>5} {'LAST SEEN':<20} LABELS")
+            for n in nodes:
+                seen = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(n["last_seen"])) if n["last_seen"] else "-"
+                labels = ",".join(f"{k}={v}" for k, v in sorted(n["labels"].items()))
+                print(f"{n['name']:<16} {n['address']:<22} {n['state'].upper():<8} {n['tasks']:>5} {seen:<20} "
+                      f"{labels}")  # fmt: skip
+
+        self.out(nodes, text)
+        return 0
+
     def events(self) -> int:
         since_seq, since_time = _since(self.args.since)
         try:
@@ -438,6 +466,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-a", "--address", help="the daemon's socket (default from the config)")
     p.add_argument("-n", "--namespace", default=os.environ.get("CONTACTOR_NAMESPACE", "default"))
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--node", help="send container and task commands to this node of the cluster")
     sub = p.add_subparsers(dest="group", required=True)
 
     d = sub.add_parser("daemon", help="run the daemon in the foreground")
@@ -448,7 +477,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     d.set_defaults(func="daemon")
 
+    def node_option(c: argparse.ArgumentParser) -> None:
+        c.add_argument("--node", default=argparse.SUPPRESS, help="the cluster node to send this to")
+
     def create_options(c: argparse.ArgumentParser) -> None:
+        node_option(c)
         c.add_argument("--rootfs", required=True, help="root filesystem directory")
         c.add_argument("--runtime", choices=("runc", "crun"))
         c.add_argument("--label", action="append", default=[], metavar="K=V")
@@ -493,6 +526,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("id")
     t.set_defaults(func="tasks_start")
     t = ts.add_parser("ls", aliases=["list"])
+    t.add_argument("--all-nodes", action="store_true", help="every node's tasks, with their node")
     t.set_defaults(func="tasks_ls")
     for name in ("ps", "pause", "resume", "metrics"):
         t = ts.add_parser(name)
@@ -528,12 +562,24 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("args", nargs=argparse.REMAINDER)
     t.set_defaults(func="tasks_exec")
 
+    for group, skip in ((ts, ()), (cs, ("create",))):
+        for name, parser in {id(v): (k, v) for k, v in group.choices.items()}.values():
+            if name not in skip:
+                node_option(parser)
+
     r = sub.add_parser("run", help="create a container and run its task")
     r.add_argument("--rm", action="store_true", help="remove task and container after it exits")
     r.add_argument("--detach", "-d", action="store_true")
     r.add_argument("--interactive", "-i", action="store_true")
+    r.add_argument("--constraint", action="append", default=[], metavar="K=V",
+                   help="run on a live node whose labels match (node=NAME matches its name)")
     create_options(r)
     r.set_defaults(func="run")
+
+    nodes = sub.add_parser("nodes", aliases=["node"], help="the cluster's nodes")
+    ns_ = nodes.add_subparsers(dest="cmd", required=True)
+    n = ns_.add_parser("ls", aliases=["list"])
+    n.set_defaults(func="nodes_ls")
 
     e = sub.add_parser("events", help="stream events")
     e.add_argument("--since", help="replay logged events after a sequence number, or since a time "

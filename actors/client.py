@@ -148,10 +148,13 @@ def _unwrap(frame: dict[str, Any] | None, method: str) -> dict[str, Any]:
 
 class Client:
     def __init__(
-        self, address: str = DEFAULT_ADDRESS, namespace: str = "default", timeout: float = 10.0
-    ) -> None:
+        self, address: str = DEFAULT_ADDRESS, namespace: str = "default", timeout: float = 10.0,
+        node: str | None = None,
+    ) -> None:  # fmt: skip
+        """``node``: send container and task calls to that node of the cluster (None: this daemon's)."""
         self.address = address
         self.namespace = namespace
+        self.node = node
         self._conn = _Conn(address, timeout)
 
     def __enter__(self) -> Client:
@@ -166,6 +169,8 @@ class Client:
     def call(self, method: str, timeout: float | None = CALL_TIMEOUT, **params: Any) -> dict[str, Any]:
         """A raw call: ``method`` of the Gateway protocol with ``params``; namespace filled in."""
         params.setdefault("namespace", self.namespace)
+        if self.node and method.split(".")[0] in ("containers", "tasks"):
+            params.setdefault("node", self.node)
         req_id, q = self._conn.open(method, params)
         try:
             frame = q.get(timeout=timeout)
@@ -213,8 +218,21 @@ class Client:
         )
         return Task(**result["task"])
 
-    def list_tasks(self) -> list[Task]:
+    def list_tasks(self, all_nodes: bool = False) -> list[Task]:
+        """This node's tasks (or ``node``'s); ``all_nodes``: every node's, each with its ``node``, and the
+        last known tasks of a lost node with status ``unknown``."""
+        if all_nodes:
+            return [Task(**t) for t in self.call("tasks.list", all_nodes=True, node=None)["tasks"]]
         return [Task(**t) for t in self.call("tasks.list")["tasks"]]
+
+    # -- nodes --------------------------------------------------------------------------------------------
+    def list_nodes(self) -> list[dict[str, Any]]:
+        """The cluster's nodes: name, address, state (up or lost), tasks, last_seen, labels, cpus, memory."""
+        return list(self.call("nodes.list")["nodes"])
+
+    def place(self, constraints: dict[str, str]) -> str:
+        """The name of a live node whose labels match ``constraints`` (``node=NAME`` matches its name)."""
+        return str(self.call("nodes.place", constraints=constraints)["node"])
 
     def start(self, id: str, exec_id: str = "") -> int:
         return int(self.call("tasks.start", id=id, exec_id=exec_id)["pid"])

@@ -102,11 +102,29 @@ class ClusterConfig:
     leaders: tuple[str, ...] = ()
     advertise: str | None = None
     key_file: Path | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    # Convention timings, whole seconds, identical on every node: a member re-registers (and sends
+    # its heartbeat) every ``reregister`` seconds and is declared lost after ``miss_max`` missed ones.
+    reregister: int = 10
+    miss_max: int = 3
+    restart_period: int = 10
 
     @property
     def node_name(self) -> str:
         """This node's name: the configured one, else the hostname."""
         return self.node or socket.gethostname()
+
+    @property
+    def clustered(self) -> bool:
+        return bool(self.leaders)
+
+    @property
+    def is_leader(self) -> bool:
+        return self.advertise is not None and self.advertise in self.leaders
+
+    @property
+    def advertise_host(self) -> str | None:
+        return self.advertise.rpartition(":")[0] if self.advertise else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,12 +265,32 @@ def _build(document: dict[str, Any], source: str) -> Config:
     advertise = s.string("advertise", "") or None
     if advertise is not None:
         s.check_host_port("advertise", advertise)
+    cl = ClusterConfig()
+    labels = []
+    for item in s.strings("labels"):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            s.fail("labels", f"must be an array of 'key=value' strings, not contain {item!r}")
+        labels.append((key, value))
     cluster = ClusterConfig(
         node=s.string("node", "") or None,
         leaders=leaders,
         advertise=advertise,
         key_file=s.optional_abspath("key_file"),
+        labels=tuple(labels),
+        reregister=s.positive("reregister", cl.reregister, 3600),
+        miss_max=s.positive("miss_max", cl.miss_max, 100),
+        restart_period=s.positive("restart_period", cl.restart_period, 3600),
     )
+    if cluster.restart_period > cluster.reregister:
+        # Thespian's member loop sleeps restart_period: longer than reregister, live members get dropped.
+        s.fail("restart_period", f"must not be longer than cluster.reregister ({cluster.reregister})")
+    if leaders and advertise is None:
+        s.fail("advertise", "is required when cluster.leaders is set (the address other nodes reach)")
+    if leaders and cluster.key_file is None:
+        s.fail("key_file", "is required when cluster.leaders is set (every node needs the same key)")
+    if advertise is not None and int(advertise.rpartition(":")[2]) != daemon.admin_port:
+        s.fail("advertise", f"must use the admin port daemon.admin_port ({daemon.admin_port})")
 
     s = section("gateway")
     g = GatewayConfig()

@@ -28,7 +28,10 @@ from actors.config import Config
 from actors.errdefs import FailedPrecondition, Unavailable
 from actors.logs import get_logger
 
-__all__ = ["run", "BOOT_TIMEOUT"]
+__all__ = ["run", "BOOT_TIMEOUT", "SUPERVISOR_NAME", "capabilities"]
+
+# The one global name: a node agent that another node's leader places here finds the Supervisor by it.
+SUPERVISOR_NAME: Final = "contactor-supervisor"
 
 BOOT_TIMEOUT: Final = 60.0
 SHUTDOWN_TIMEOUT: Final = 10.0
@@ -146,6 +149,42 @@ def _environment(cfg: Config) -> None:
     # A dead external client must not keep an actor retrying a send for the default 5 minutes.
     # Thespian reads it as minutes:seconds; anything else is ignored (with a warning) for 5:00.
     os.environ.setdefault("THESPIAN_TRANSMIT_TIMEOUT_PERIOD", "0:20")
+    if cfg.cluster.clustered:
+        # Identical on every node (they come from the shared [cluster] values): a lost member is noticed
+        # after reregister * miss_max, not Thespian's 22 minutes, and restart <= reregister keeps live
+        # members from being dropped.
+        c = cfg.cluster
+        os.environ["CONVENTION_REREGISTRATION_PERIOD"] = _minutes(c.reregister)
+        os.environ["CONVENTION_RESTART_PERIOD"] = _minutes(c.restart_period)
+        os.environ["CONVENTION_REGISTRATION_MISS_MAX"] = str(c.miss_max)
+
+
+def _minutes(seconds: int) -> str:
+    """Thespian's M:SS."""
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def capabilities(cfg: Config) -> dict[str, Any]:
+    """What this node's actor system tells the convention: where to meet, and what this node offers."""
+    import shutil
+
+    caps: dict[str, Any] = {"Admin Port": cfg.daemon.admin_port}
+    if not cfg.cluster.clustered:
+        return caps
+    runtimes = sorted(name for name in ("runc", "crun") if shutil.which(name))
+    if cfg.runtime.binary is not None and cfg.runtime.name not in runtimes:
+        runtimes.append(cfg.runtime.name)
+    caps.update({
+        "Convention Address.IPv4": list(cfg.cluster.leaders),
+        # No code from other nodes: every node runs the same installed package.
+        "AllowRemoteActorSources": "No",
+        "contactor.node": cfg.cluster.node_name,
+        "contactor.labels": dict(cfg.cluster.labels),
+        "contactor.cpus": os.cpu_count() or 1,
+        "contactor.memory": psutil.virtual_memory().total,
+        "contactor.runtimes": runtimes,
+    })  # fmt: skip
+    return caps
 
 
 def run(cfg: Config) -> int:
@@ -199,14 +238,16 @@ def _serve_once(cfg: Config, state: Path, stop_r: int, stopping: list[int], log:
 
     # Before the system starts: the admin and every actor are forked from here and inherit it.
     # A cluster shares one key (cluster.key_file); a single node makes its own at first start.
-    secure(load_key(cfg.cluster.key_file or Path(cfg.daemon.root) / "transport.key"), bind_host="127.0.0.1")
+    # Clustered, every port binds to (and the system advertises) the advertise address instead of loopback.
+    bind_host = cfg.cluster.advertise_host if cfg.cluster.clustered else "127.0.0.1"
+    secure(load_key(cfg.cluster.key_file or Path(cfg.daemon.root) / "transport.key"), bind_host=bind_host)
 
     started = time.monotonic()
-    asys = ActorSystem("multiprocTCPBase", {"Admin Port": cfg.daemon.admin_port}, logDefs=_THESPIAN_LOGS,
+    asys = ActorSystem("multiprocTCPBase", capabilities(cfg), logDefs=_THESPIAN_LOGS,
                        transientUnique=True)  # fmt: skip
     pgid = 0
     try:
-        supervisor = asys.createActor(Supervisor)
+        supervisor = asys.createActor(Supervisor, globalName=SUPERVISOR_NAME)
         booted = asys.ask(supervisor, Boot(cfg), BOOT_TIMEOUT)
         if not isinstance(booted, Booted):
             raise Unavailable(f"the actor system did not start: {booted!r}")

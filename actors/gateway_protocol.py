@@ -29,9 +29,15 @@ from actors.messages import (
     GetContainer,
     Health,
     HealthReply,
+    ListAllTasks,
     ListContainers,
+    ListNodes,
     ListTasks,
+    NodeList,
     Ok,
+    OnNode,
+    Placed,
+    PlaceTask,
     Publish,
     Published,
     Stdio,
@@ -49,9 +55,11 @@ VERSION: Final = 1
 SUBSCRIBE: Final = "events.subscribe"
 PUBLISH: Final = "events.publish"
 HEALTH: Final = "health"
+NODE_METHODS: Final = frozenset({"nodes.list", "nodes.place"})
 METHODS: Final = frozenset(
     {"containers.create", "containers.get", "containers.list", "containers.update", "containers.delete",
      "tasks.create", "tasks.list", SUBSCRIBE, PUBLISH, HEALTH} | {f"tasks.{op}" for op in TASK_OPS}
+    | NODE_METHODS
 )  # fmt: skip
 
 
@@ -81,7 +89,27 @@ def _labels(params: dict[str, Any]) -> dict[str, str] | None:
 
 
 def to_message(method: str, params: dict[str, Any]) -> tuple[str, Any]:
-    """(target actor role, message) for a request; InvalidArgument for anything malformed."""
+    """(target actor role, message) for a request; InvalidArgument for anything malformed.
+
+    ``node`` (a node's name) sends the request to that node of the cluster, through the NodeActor.
+    """
+    if method == "nodes.list":
+        return "cluster", ListNodes()
+    if method == "nodes.place":
+        return "cluster", PlaceTask(_labels({"labels": params.get("constraints", {})}) or {})
+    if method == "tasks.list" and params.get("all_nodes") is True:
+        return "cluster", ListAllTasks(_str(params, "namespace", "") or None)
+    role, message = _to_message(method, params)
+    node = params.get("node")
+    if node is None or node == "":
+        return role, message
+    if not isinstance(node, str) or role not in ("runtime", "metadata"):
+        raise InvalidArgument(f"{method} cannot be sent to another node" if isinstance(node, str)
+                              else "node must be a string")  # fmt: skip
+    return "cluster", OnNode(node, role, message)
+
+
+def _to_message(method: str, params: dict[str, Any]) -> tuple[str, Any]:
     if method not in METHODS:
         raise InvalidArgument(f"unknown method {method!r}")
     if method == SUBSCRIBE:
@@ -126,7 +154,7 @@ def to_message(method: str, params: dict[str, Any]) -> tuple[str, Any]:
     if method == HEALTH:
         return "supervisor", Health()
     op = method.split(".", 1)[1]
-    rest = {k: v for k, v in params.items() if k not in ("namespace", "id")}
+    rest = {k: v for k, v in params.items() if k not in ("namespace", "id", "node")}
     return "runtime", TaskRequest(ns, _str(params, "id", ""), op, rest)
 
 
@@ -148,4 +176,9 @@ def to_result(reply: Any) -> dict[str, Any]:
         return {}
     if isinstance(reply, Published):
         return {"seq": reply.seq}
+    if isinstance(reply, NodeList):
+        return {"nodes": [{**asdict(r.info), "runtimes": list(r.info.runtimes), "state": r.state,
+                           "tasks": len(r.tasks), "last_seen": r.last_seen} for r in reply.rows]}  # fmt: skip
+    if isinstance(reply, Placed):
+        return {"node": reply.node}
     return {"value": repr(reply)}

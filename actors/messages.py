@@ -83,6 +83,7 @@ class Peers:
     exchange: Any
     monitor: Any
     gateway: Any
+    cluster: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,3 +346,100 @@ class TaskActorLost:
 
     namespace: str
     id: str
+
+
+# -- NodeActor (cluster) ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """What a node offers: advertised to the convention and sent with every heartbeat."""
+
+    name: str
+    address: str
+    labels: dict[str, str]
+    cpus: int
+    memory: int
+    runtimes: tuple[str, ...]
+    leader: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Introduce:
+    """A leader's NodeActor, through a NodeAgent and that node's Supervisor: "I keep the node table"."""
+
+    registrar: Any
+    leader: str
+    address: str  # the leader's advertise address (its rank is its place in [cluster] leaders)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeBeat:
+    """NodeActor -> every leader's NodeActor, every ``cluster.reregister`` seconds."""
+
+    info: NodeInfo
+    peers: Peers
+    tasks: tuple[TaskInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRow:
+    info: NodeInfo
+    state: str  # up or lost
+    last_seen: float
+    tasks: tuple[TaskInfo, ...] = ()  # as last reported (a lost node's are listed with status unknown)
+
+
+@dataclass(frozen=True, slots=True)
+class Roster:
+    """A leader's answer to a heartbeat: the node table, and where each live node's actors are."""
+
+    leader: str
+    rows: tuple[NodeRow, ...]
+    peers: dict[str, Peers]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeEvent:
+    """A leader -> every live NodeActor: publish this node event (/nodes/join, /nodes/lost) locally."""
+
+    topic: str
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ListNodes:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class NodeList:
+    rows: tuple[NodeRow, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OnNode:
+    """Gateway -> NodeActor: take ``message`` to the actor ``role`` of node ``node``."""
+
+    node: str
+    role: str
+    message: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ListAllTasks:
+    """Every live node's tasks, each with its node."""
+
+    namespace: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceTask:
+    """The name of a live node whose labels match ``constraints`` (the most free of tasks first)."""
+
+    constraints: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    node: str

@@ -16,6 +16,7 @@ from typing import Any, Final
 from thespian.actors import ActorExitRequest, ChildActorExited, DeadEnvelope
 
 from actors._actor import ContactorActor
+from actors.cluster import NodeActor
 from actors.events import Exchange
 from actors.gateway import Gateway
 from actors.messages import (
@@ -28,6 +29,7 @@ from actors.messages import (
     Drained,
     Health,
     HealthReply,
+    Introduce,
     Peers,
     Ready,
     Unfollow,
@@ -44,6 +46,7 @@ ROLES: Final[dict[str, type]] = {
     "metadata": MetadataActor,
     "monitor": MonitorActor,
     "runtime": RuntimeActor,
+    "cluster": NodeActor,
     "gateway": Gateway,
 }
 
@@ -111,8 +114,15 @@ class Supervisor(ContactorActor):
                         self.send(addr, peers)
                 return
 
+    def on_Introduce(self, msg: Introduce, sender: Any) -> None:
+        """From a NodeAgent a cluster leader placed here (this actor's global name is how it found us)."""
+        if "cluster" in self.children:
+            self.send(self.children["cluster"], msg)
+
     def on_DeadEnvelope(self, msg: DeadEnvelope, sender: Any) -> None:
         dead = msg.deadMessage
+        if not isinstance(dead, Appended):
+            self.log.debug("dead_letter", message=type(dead).__name__, address=str(msg.deadAddress))
         if isinstance(dead, Appended) and "exchange" in self.children:
             self.send(self.children["exchange"], Unfollow(msg.deadAddress))
 

@@ -27,3 +27,4 @@ class TaskInfo:
     restarts: int = 0
     network: str = ""  # none, host or bridge
     address: str = ""  # the task's address on the bridge
+    node: str = ""  # the node it runs on (filled in by a cluster-wide listing)

@@ -36,7 +36,7 @@ from actors.bundle import delete_bundle
 from actors.cgroups import remove_empty_parents
 from actors.mount import unmount_all
 
-__all__ = ["Daemon", "private_daemon", "contactor_daemon", "shim_of", "kill_shim"]
+__all__ = ["Daemon", "tear_down", "private_daemon", "contactor_daemon", "shim_of", "kill_shim"]
 
 
 def free_port() -> int:
@@ -58,6 +58,7 @@ class Daemon:
     log: Path
     namespace: str
     proc: subprocess.Popen[bytes] | None = None
+    launcher: tuple[str, ...] = ()  # an argv prefix the daemon runs under (e.g. entering a network namespace)
 
     def client(self) -> Any:
         from actors.client import Client
@@ -74,7 +75,7 @@ class Daemon:
             stale = c.call("health", timeout=5)["pids"]["supervisor"]
         logf = open(self.log, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "actors.cli", "--config", str(self.config), "daemon"],
+            [*self.launcher, sys.executable, "-m", "actors.cli", "--config", str(self.config), "daemon"],
             stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True,
         )  # fmt: skip
         logf.close()
@@ -174,7 +175,7 @@ def private_daemon(tmp_path: Path, namespace: str = "default", extra_config: str
         yield d
     finally:
         # Also when the test failed: nothing it started may outlive it.
-        problems = _tear_down(d)
+        problems = tear_down(d)
     assert not problems, "; ".join(problems)
 
 
@@ -193,7 +194,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _tear_down(d: Daemon) -> list[str]:
+def tear_down(d: Daemon) -> list[str]:
     """Remove everything a private daemon ran; returns what had to be removed by force."""
     state = d.state
     problems: list[str] = []

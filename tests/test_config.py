@@ -86,12 +86,23 @@ def test_runtime_command_is_the_binary_if_given_else_the_name(tmp_path: Path) ->
 
 def test_cluster_node_defaults_to_the_hostname(tmp_path: Path) -> None:
     named = config.load(
-        write(tmp_path, '[cluster]\nnode = "n1"\nleaders = ["10.0.0.1:19320", "[::1]:1900"]\n')
+        write(tmp_path, '[cluster]\nnode = "n1"\nleaders = ["10.0.0.1:19320", "[::1]:1900"]\n'
+              'advertise = "10.0.0.2:19320"\nkey_file = "/etc/contactor/cluster.key"\n')
     )
 
     assert config.Config().cluster.node_name == socket.gethostname()
     assert named.cluster.node_name == "n1"
     assert named.cluster.leaders == ("10.0.0.1:19320", "[::1]:1900")
+    assert named.cluster.clustered and not named.cluster.is_leader
+    assert named.cluster.advertise_host == "10.0.0.2"
+
+
+def test_cluster_timings_and_labels_are_read(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, '[cluster]\nreregister = 2\nmiss_max = 4\nrestart_period = 1\n'
+                                      'labels = ["zone=a", "disk=ssd"]\n'))  # fmt: skip
+
+    assert (cfg.cluster.reregister, cfg.cluster.miss_max, cfg.cluster.restart_period) == (2, 4, 1)
+    assert cfg.cluster.labels == (("zone", "a"), ("disk", "ssd"))
 
 
 def test_config_values_are_frozen() -> None:
@@ -168,6 +179,15 @@ BAD_FILES = [
     ("bridge-name", '[network]\nbridge = "a-very-long-bridge"\n', "network.bridge must be an interface name"),
     ("leader-no-port", '[cluster]\nleaders = ["host"]\n', "cluster.leaders must be 'host:port'"),
     ("advertise-bad-port", '[cluster]\nadvertise = "h:99999"\n', "cluster.advertise must be 'host:port'"),
+    ("restart-over-rereg", "[cluster]\nreregister = 2\nrestart_period = 3\n",
+     "cluster.restart_period must not be longer than cluster.reregister"),
+    ("rereg-zero", "[cluster]\nreregister = 0\n", "cluster.reregister must be from 1"),
+    ("leaders-no-advertise", '[cluster]\nleaders = ["10.0.0.1:1900"]\nkey_file = "/k"\n',
+     "cluster.advertise is required"),
+    ("leaders-no-key", '[cluster]\nleaders = ["10.0.0.1:1900"]\nadvertise = "10.0.0.2:19320"\n',
+     "cluster.key_file is required"),
+    ("advertise-other-port", '[cluster]\nadvertise = "10.0.0.2:1"\n', "cluster.advertise must use the admin port"),
+    ("label-no-equals", '[cluster]\nlabels = ["zone"]\n', "cluster.labels must be an array of 'key=value'"),
 ]
 
 

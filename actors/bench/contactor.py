@@ -21,7 +21,7 @@ from actors.bench.common import REPO, pgid_of, pids, pss_kb, run
 from actors.cgroups import remove_empty_parents
 from actors.client import Client, Task
 from actors.spec import default_spec
-from actors.testing import Daemon, _tear_down, free_port
+from actors.testing import Daemon, free_port, tear_down
 
 SLEEP = ["/bin/sleep", "1000000"]
 
@@ -194,6 +194,6 @@ class Contactor:
         """Remove all the daemon ran and the daemon; what had to be removed by force."""
         with contextlib.suppress(Exception):
             self.shrink()
-        problems = _tear_down(self.daemon)
+        problems: list[str] = tear_down(self.daemon)
         remove_empty_parents(f"/contactor/{self.ns}")
         return problems
