@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import Daemon
+from conftest import Daemon, wait_for
 
 from actors.testing import _group_members
 from actors.transport import Refused, Serializer, load_key
@@ -27,6 +27,7 @@ class _Evil:
 
 
 def _ports(d: Daemon) -> list[tuple[str, int]]:
+    wait_for(lambda: d.actor_pgid() is not None, 30, "the daemon to record its actors' process group")
     pgid = d.actor_pgid()
     assert pgid is not None
     members = set(_group_members(pgid))
