@@ -14,7 +14,6 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
@@ -66,18 +65,6 @@ class EventLog:
         self.db.execute("DELETE FROM events WHERE seq <= ?", (self.seq - self.max_entries,))
         # The newest entry always stays: it carries the sequence on across a restart.
         self.db.execute("DELETE FROM events WHERE timestamp < ? AND seq < ?", (time.time() - self.max_age, self.seq))
-
-    def since(self, seq: int | None = None, timestamp: float | None = None) -> Iterator[Envelope]:
-        """Logged envelopes after ``seq`` (or at/after ``timestamp``), oldest first."""
-        if seq is not None:
-            check_since(seq, self.seq, self.db.execute("SELECT MIN(seq) FROM events").fetchone()[0])
-            rows = self.db.execute("SELECT * FROM events WHERE seq > ? ORDER BY seq", (seq,))
-        elif timestamp is not None:
-            rows = self.db.execute("SELECT * FROM events WHERE timestamp >= ? ORDER BY seq", (timestamp,))
-        else:
-            return
-        for row in rows:
-            yield _envelope(row)
 
     def close(self) -> None:
         self.db.close()

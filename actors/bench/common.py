@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import subprocess
 import sys
 import tempfile
@@ -56,18 +55,6 @@ def cmdline(pid: int) -> list[str]:
             return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
     except OSError:
         return []
-
-
-def wait_gone(pid: int, timeout: float) -> bool:
-    """Wait for ``pid`` to exit through a pidfd (a zombie counts as exited); True when it did."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(select.select([fd], [], [], timeout)[0])
-    finally:
-        os.close(fd)
 
 
 def run(argv: Sequence[str], timeout: float = 120, env: dict[str, str] | None = None) -> str:

@@ -22,8 +22,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from actors.bench.common import cmdline, pids, ppid_of, pss_kb, remove_cgroup, run, timed, wait_gone
+from actors.bench.common import cmdline, pids, ppid_of, pss_kb, remove_cgroup, run, timed
 from actors.bundle import create_bundle, delete_bundle
+from actors.procs import wait_exit
 from actors.spec import default_spec
 
 SLEEP = ["/bin/sleep", "1000000"]
@@ -68,7 +69,7 @@ class Runc:
             run(["runc", "--root", self.root, "create", "--bundle", str(bundle),
                  "--pid-file", str(bundle / "init.pid"), cid])  # fmt: skip
             run(["runc", "--root", self.root, "start", cid])
-            if not wait_gone(int((bundle / "init.pid").read_text()), 30):
+            if not wait_exit(int((bundle / "init.pid").read_text()), 30):
                 raise RuntimeError("/bin/true did not exit under runc")
             run(["runc", "--root", self.root, "delete", cid])
             return time.perf_counter() - start
@@ -294,7 +295,7 @@ class Containerd:
             problems.append(f"containerd shim left: {pid}")
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            wait_gone(pid, 5)
+            wait_exit(pid, 5)
         for root in (self.work / "runc" / self.ns, self.work / "runc-v1" / self.ns):
             if root.is_dir():
                 for c in root.iterdir():
