@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -104,6 +105,9 @@ class ShimService:
         self._by_pid: dict[int, Process] = {}
         self._mounted = False
         self._own_pid_ns = True
+        # `runc kill --all` after the init's exit freezes the v1 cgroup while it signals: a delete
+        # running meanwhile reads the container as paused and fails. Deletes wait for it.
+        self._kill_all: threading.Thread | None = None
         self.handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "create": self.create, "start": self.start, "state": self.state, "kill": self.kill,
             "exec": self.exec, "pids": self.pids, "pause": self.pause, "resume": self.resume,
@@ -183,10 +187,12 @@ class ShimService:
                 write_atomic(self._path("init.exit"), json.dumps(record).encode())
             except OSError as exc:
                 self.log.error("init_exit_not_recorded", error=str(exc))
+        if proc.is_init and not self._own_pid_ns:
+            # Started before waiters learn of the exit, so that their delete finds it to wait for.
+            self._kill_all = threading.Thread(target=self._kill_all_after_init_exit, daemon=True)
+            self._kill_all.start()
         if not proc.set_exited(status, when):
             return
-        if proc.is_init and not self._own_pid_ns:
-            threading.Thread(target=self._kill_all_after_init_exit, daemon=True).start()
         self.log.info("process_exited", exec_id=proc.exec_id, **record)
         self.publish("exit", {"container_id": self.cid, "id": proc.exec_id or self.cid, **record})
 
@@ -386,6 +392,8 @@ class ShimService:
                 "resume" if resume else "pause",
                 self.runtime.resume(self.cid) if resume else self.runtime.pause(self.cid),
             )
+            if not resume and not _frozen_settled(proc.pid):
+                self.log.warning("freezer_still_freezing", pid=proc.pid)
             with proc.cond:
                 if proc.state is src:  # unless it exited meanwhile
                     proc.state = target
@@ -418,6 +426,10 @@ class ShimService:
         return {"pid": proc.pid, "exit_status": proc.exit_status, "exited_at": proc.exited_at}
 
     def _delete_init(self, proc: Process, created: bool) -> None:
+        kill_all = self._kill_all
+        if kill_all is not None:
+            kill_all.join(RUNTIME_TIMEOUT)
+            self._kill_all = None
         if created:
             self._run("delete", self.runtime.delete(self.cid, force=True), not_found=True)
             if proc.pid and not proc.wait(10.0):
@@ -569,3 +581,33 @@ class ShimService:
 def _unlink_quietly(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+def _frozen_settled(pid: int, timeout: float = 2.0) -> bool:
+    """Wait until a v1 freezer that a pause left FREEZING reads FROZEN (crun returns before it does).
+
+    True when it settled, or there is no v1 freezer to wait for.
+    """
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return True
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "freezer" not in controllers.split(","):
+            continue
+        state = os.path.join("/sys/fs/cgroup/freezer", path.lstrip("/"), "freezer.state")
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with open(state) as f:
+                    if f.read().strip() != "FREEZING":
+                        return True
+            except OSError:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+    return True
+
