@@ -111,6 +111,9 @@ def test_a_stopped_shim_is_not_taken_for_dead_and_serves_again_once_continued(
             time.sleep(0.5)
             assert task(c, "frozen").status == "running"
             assert c.state("other")["status"] == "running", "other tasks are served meanwhile"
+            with pytest.raises(Unavailable, match="stopped"):  # told at once, not after the call timeout
+                c.state("frozen")
+            assert c.state("other")["status"] == "running", "its TaskActor was not left blocked"
         finally:
             os.kill(shim, signal.SIGCONT)
         assert c.state("frozen")["pid"] == pid and pid_alive(shim)

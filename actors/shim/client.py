@@ -17,6 +17,7 @@ import queue
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -34,6 +35,8 @@ __all__ = ["ShimClient", "ShimHandle", "start_shim", "DEFAULT_SHIM", "CALL_TIMEO
 
 DEFAULT_SHIM: Final = (sys.executable, "-m", "actors.shim")
 CALL_TIMEOUT: Final = 90.0
+# How often a call waiting for its reply looks whether the shim was stopped (SIGSTOP).
+STOPPED_CHECK: Final = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +151,16 @@ def _read_line(fd: int, timeout: float) -> str:
     return data.decode(errors="replace").strip()
 
 
+def _stopped(pid: int) -> bool:
+    """Whether ``pid`` is stopped by a signal (or traced): a shim that cannot answer before SIGCONT."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] in (b"T", b"t")
+
+
 class _Pending:
     __slots__ = ("event", "reply")
 
@@ -171,6 +184,8 @@ class ShimClient:
             self._sock.close()
             raise Unavailable(f"cannot connect to shim at {address}: {exc.strerror or exc}") from None
         self._sock.settimeout(None)
+        creds = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        self.peer_pid: int = struct.unpack("3i", creds)[0]
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._lock = threading.Lock()
@@ -243,10 +258,15 @@ class ShimClient:
             with self._lock:
                 self._pending.pop(req_id, None)
             raise Unavailable(f"shim connection lost: {exc}") from None
-        if not pending.event.wait(timeout):
-            with self._lock:
-                self._pending.pop(req_id, None)
-            raise Unavailable(f"shim did not answer {method} within {timeout}s")
+        deadline = time.monotonic() + timeout
+        while not pending.event.wait(min(STOPPED_CHECK, max(0.0, deadline - time.monotonic()))):
+            stopped = _stopped(self.peer_pid)
+            if stopped or time.monotonic() >= deadline:
+                with self._lock:
+                    self._pending.pop(req_id, None)
+                if stopped:
+                    raise Unavailable(f"shim (pid {self.peer_pid}) is stopped: it answers {method} after SIGCONT")
+                raise Unavailable(f"shim did not answer {method} within {timeout}s")
         reply = pending.reply
         if reply is None:
             raise Unavailable(f"shim connection closed during {method}")
