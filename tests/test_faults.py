@@ -281,11 +281,14 @@ def test_a_full_state_filesystem_refuses_creates_cleanly_and_spares_running_task
                 # What was published is on record even so: a restored TaskActor must not publish it again.
                 record = d.state / d.namespace / "keep" / "task.json"
                 wait_for(lambda: _on_record(record, "exit_published"), 30, "the exit to be on record")
+                # A daemon that died on a full state fs starts again on it, restores and serves.
+                restart(d, crash=True)
+                with d.client() as c2:
+                    wait_for(lambda: getattr(task(c2, "keep"), "status", "") == "stopped", 30, "the restored task")
+                    assert c2.state("keep")["exit_status"] == 137
             finally:
                 filler.unlink()
-        restart(d, crash=True)
         with d.client() as c:
-            wait_for(lambda: getattr(task(c, "keep"), "status", "") == "stopped", 30, "the restored task")
             c.delete_task("keep")
             assert c.create_task("new").pid > 0  # room again: creates go through
             c.delete_task("new")
