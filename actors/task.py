@@ -295,8 +295,9 @@ class TaskActor(ContactorActor):
             self.log.warning("restore_connect_failed", error=str(exc))
             self._close_fds()
             if live_shim(self.bundle):
-                # Alive but not answering: leave it to a later restore rather than kill a container.
-                self._leave("shim not answering")
+                # Alive but not answering (stopped, or busy): never kill a container for that. The task
+                # stays listed as restoring and is tried again until its shim answers or dies.
+                self.wakeupAfter(1.0, payload="restore")
                 return
             self._cleanup_after_dead_shim()
             return

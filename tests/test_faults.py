@@ -126,6 +126,33 @@ def test_a_stopped_shim_is_not_taken_for_dead_and_serves_again_once_continued(
     nothing_left(daemon, "frozen", "other")
 
 
+def test_a_task_whose_shim_is_stopped_across_a_daemon_restart_stays_listed_and_is_restored_once_continued(
+    daemon: Daemon, rootfs: Path
+) -> None:
+    with daemon.client() as c:
+        pid = run(c, rootfs, "frozen", SLEEPER)
+        shim = task(c, "frozen").shim_pid
+    os.kill(shim, signal.SIGSTOP)
+    try:
+        restart(daemon, crash=True)
+        with daemon.client() as c:
+            time.sleep(2)  # several restore attempts
+            listed = task(c, "frozen")
+            assert listed is not None and listed.status == "restoring", "listed, not dropped, not killed"
+            assert pid_alive(pid) and pid_alive(shim)
+    finally:
+        os.kill(shim, signal.SIGCONT)
+    with daemon.client() as c:
+        wait_for(lambda: getattr(task(c, "frozen"), "status", "") == "running", 30, "the task restored")
+        assert c.state("frozen")["pid"] == pid
+        c.kill("frozen", 9)
+        assert c.wait("frozen", timeout=30)["exit_status"] == 137
+        c.delete_task("frozen")
+    assert final_topics(daemon, "frozen") == [("/tasks/create", None), ("/tasks/start", None), ("/tasks/exit", 137),
+                                        ("/tasks/delete", 137)]  # fmt: skip
+    nothing_left(daemon, "frozen")
+
+
 @pytest.mark.parametrize("crash", [True, False], ids=["crash", "sigterm"])
 def test_a_daemon_restart_during_a_create_ends_with_a_listed_manageable_task(
     wrapped: Daemon, wrapper: RuntimeWrapper, rootfs: Path, crash: bool
