@@ -41,30 +41,46 @@ class EventLog:
             "namespace TEXT NOT NULL, topic TEXT NOT NULL, event TEXT NOT NULL)"
         )
         self.db.execute("CREATE INDEX IF NOT EXISTS events_time ON events (timestamp)")
+        # Keys of the envelopes that carry one (see Envelope.key), pruned with their events.
+        self.db.execute("CREATE TABLE IF NOT EXISTS event_keys (key TEXT PRIMARY KEY, seq INTEGER NOT NULL)")
         row = self.db.execute("SELECT MAX(seq) FROM events").fetchone()
         self.seq = int(row[0] or 0)
         self.max_entries = max_entries
         self.max_age = max_age
         self._since_prune = 0
 
-    def append(self, env: Envelope) -> Envelope:
-        """Number and commit ``env``; returns it with its sequence number."""
-        self.seq += 1
-        numbered = Envelope(env.timestamp, env.namespace, env.topic, env.event, self.seq)
-        self.db.execute(
-            "INSERT INTO events (seq, timestamp, namespace, topic, event) VALUES (?, ?, ?, ?, ?)",
-            (self.seq, env.timestamp, env.namespace, env.topic, json.dumps(env.event)),
-        )
+    def append(self, env: Envelope) -> tuple[Envelope, bool]:
+        """Number and commit ``env``; returns it with its sequence number, and whether it is new.
+
+        An envelope whose key the log already holds is a duplicate: not logged; the number
+        returned is the one the first got.
+        """
+        if env.key:
+            row = self.db.execute("SELECT seq FROM event_keys WHERE key = ?", (env.key,)).fetchone()
+            if row is not None:
+                return Envelope(env.timestamp, env.namespace, env.topic, env.event, int(row[0]), env.key), False
+        seq = self.seq + 1
+        numbered = Envelope(env.timestamp, env.namespace, env.topic, env.event, seq, env.key)
+        with self.db:  # one transaction: the event and its key, or neither
+            self.db.execute("BEGIN")
+            self.db.execute(
+                "INSERT INTO events (seq, timestamp, namespace, topic, event) VALUES (?, ?, ?, ?, ?)",
+                (seq, env.timestamp, env.namespace, env.topic, json.dumps(env.event)),
+            )
+            if env.key:
+                self.db.execute("INSERT INTO event_keys (key, seq) VALUES (?, ?)", (env.key, seq))
+        self.seq = seq
         self._since_prune += 1
         if self._since_prune >= _PRUNE_EVERY:
             self.prune()
-        return numbered
+        return numbered, True
 
     def prune(self) -> None:
         self._since_prune = 0
         self.db.execute("DELETE FROM events WHERE seq <= ?", (self.seq - self.max_entries,))
         # The newest entry always stays: it carries the sequence on across a restart.
         self.db.execute("DELETE FROM events WHERE timestamp < ? AND seq < ?", (time.time() - self.max_age, self.seq))
+        self.db.execute("DELETE FROM event_keys WHERE seq < (SELECT MIN(seq) FROM events)")
 
     def close(self) -> None:
         self.db.close()

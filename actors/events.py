@@ -24,6 +24,7 @@ from actors.identifiers import validate
 from actors.messages import (
     Appended,
     Ask,
+    Committed,
     Configure,
     Envelope,
     Follow,
@@ -44,10 +45,12 @@ def check_topic(topic: str) -> str:
     return topic
 
 
-def envelope(namespace: str, topic: str, event: dict[str, Any], timestamp: float | None = None) -> Envelope:
+def envelope(
+    namespace: str, topic: str, event: dict[str, Any], timestamp: float | None = None, key: str = ""
+) -> Envelope:
     if not namespace:
         raise FailedPrecondition("namespace is required")
-    return Envelope(time.time() if timestamp is None else timestamp, namespace, check_topic(topic), event)
+    return Envelope(time.time() if timestamp is None else timestamp, namespace, check_topic(topic), event, 0, key)
 
 
 class Exchange(ContactorActor):
@@ -67,7 +70,9 @@ class Exchange(ContactorActor):
         self.send(sender, Ready(self.role, os.getpid()))
 
     def on_Publish(self, msg: Publish, sender: Any) -> None:
-        self._publish(msg.envelope)
+        env = self._publish(msg.envelope)
+        if msg.ack_to is not None:
+            self.send(msg.ack_to, Committed(env.key, env.seq))
 
     def ask_Publish(self, msg: Publish, ask: Ask, sender: Any) -> Published:
         """A client's own event (containerd's Events.Publish), acknowledged with its number."""
@@ -75,7 +80,12 @@ class Exchange(ContactorActor):
 
     def _publish(self, envelope_: Envelope) -> Envelope:
         # Logged (committed) before anyone is told: a late subscriber can always read it.
-        env = self.log_.append(envelope_) if self.log_ is not None else envelope_
+        if self.log_ is None:
+            return envelope_
+        env, fresh = self.log_.append(envelope_)
+        if not fresh:
+            self.log.info("duplicate_dropped", namespace=env.namespace, topic=env.topic, key=env.key, seq=env.seq)
+            return env
         for follower in self.followers:
             self.send(follower, Appended(env.seq))
         return env

@@ -121,6 +121,10 @@ class Envelope:
     topic: str
     event: dict[str, Any]
     seq: int = 0  # given by the Exchange when it logs the envelope
+    # What makes it one event and not another (e.g. one process's exit): the log takes an
+    # envelope whose key it already holds as a duplicate and drops it, so a publisher that
+    # cannot know whether it got through (it died meanwhile) may simply publish it again.
+    key: str = ""
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -135,6 +139,14 @@ class Envelope:
 @dataclass(frozen=True, slots=True)
 class Publish:
     envelope: Envelope
+    # Told Committed once the envelope is in the log (or found there already, see Envelope.key).
+    ack_to: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    key: str
+    seq: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +240,7 @@ class StopMonitor:
     id: str
     # The task's /tasks/exit (and /tasks/delete), published after its last OOM (see MonitorActor).
     envelopes: tuple[Any, ...] = ()
+    ack_to: Any = None  # told Committed for each envelope, once it is in the log
 
 
 # -- RuntimeActor (and forwarded to TaskActors) ----------------------------------------------------------

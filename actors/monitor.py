@@ -84,12 +84,12 @@ class MonitorActor(ContactorActor):
             self._drain(key, watch)
             watch.close()
         for env in msg.envelopes:
-            self._publish(env)
+            self._publish(env, msg.ack_to)
         self._rewatch()
 
     def on_Publish(self, msg: Publish, sender: Any) -> None:
         """A TaskActor's envelope: all of a task's go through here, so they reach the Exchange in order."""
-        self._publish(msg.envelope)
+        self._publish(msg.envelope, msg.ack_to)
 
     def on_WatchMessage(self, msg: Any, sender: Any) -> None:
         for key, watch in list(self.watches.items()):
@@ -109,9 +109,9 @@ class MonitorActor(ContactorActor):
             self.log.warning("oom", namespace=key[0], id=key[1])
             self._publish(envelope(key[0], "/tasks/oom", {"container_id": key[1]}))
 
-    def _publish(self, env: Any) -> None:
+    def _publish(self, env: Any, ack_to: Any = None) -> None:
         if self.peers is not None:
-            self.send(self.peers.exchange, Publish(env))
+            self.send(self.peers.exchange, Publish(env, ack_to))
 
     def ask_TaskRequest(self, msg: TaskRequest, ask: Ask, sender: Any) -> TaskReply:
         """``metrics`` of a monitored task."""

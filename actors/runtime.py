@@ -329,3 +329,4 @@ class RuntimeActor(ContactorActor):
                 if bundle_path(self.config.daemon.state, *key).exists():
                     self._spawn(key[0], key[1], True, entry.runtime_name, entry.rootfs)
                 return
+        self.log.info("unknown_child_exited", address=str(msg.childAddress))

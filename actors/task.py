@@ -44,6 +44,7 @@ from actors.events import envelope
 from actors.messages import (
     Answer,
     Ask,
+    Committed,
     CreateTask,
     Envelope,
     ErrorReply,
@@ -70,6 +71,8 @@ __all__ = ["TaskActor", "DEAD_SHIM_STATUS"]
 DEAD_SHIM_STATUS: Final = 128 + 9
 PR_SET_PDEATHSIG: Final = 1
 STATE_FILE_SIZE: Final = 4096
+# How long a cleanup waits for its /tasks/delete to be in the log before it goes on without word.
+COMMIT_WAIT: Final = 10.0
 FORWARDED: Final = frozenset({"exec", "pids", "state", "close_io", "resize_pty", "update"})
 
 
@@ -145,6 +148,8 @@ class TaskActor(ContactorActor):
         self.waiters: dict[str, list[tuple[Ask, Any]]] = {}
         self.state: dict[str, Any] = {"seq": 0, "exit_published": False, "created_at": time.time()}
         self.closing = False  # we are deleting or shutting the shim down ourselves
+        # The envelope whose commit to the log the cleanup waits for, and what then follows.
+        self.commit_wait: tuple[str, Callable[[], None]] | None = None
         self.gone = False
 
     # -- set-up -----------------------------------------------------------------------------------------
@@ -213,6 +218,11 @@ class TaskActor(ContactorActor):
         cfg = setup.config
         stdio = ask.body.stdio
         try:
+            # task.json exists before anything can be published, so that what is published can
+            # always be put on record (a full state fs refuses the create here, not later).
+            write_atomic(self.bundle / "task.json",
+                         json.dumps({"reserved": True, "created_at": self.state["created_at"]}).encode()
+                         .ljust(STATE_FILE_SIZE))  # fmt: skip
             self._setup_network()
             factory = Path(cfg.daemon.state) / "shim-factory.sock"
             handle = start_shim(
@@ -247,13 +257,14 @@ class TaskActor(ContactorActor):
             "terminal": stdio.terminal,
         }
         self._publish("/tasks/create", {"container_id": setup.id, "bundle": str(self.bundle), "rootfs": [],
-                                        "io": io, "checkpoint": "", "pid": pid})  # fmt: skip
+                                        "io": io, "checkpoint": "", "pid": pid}, key=self._key("create"))  # fmt: skip
         self._monitor(pid)
         self.send(self.runtime_parent, TaskReady(self.info, reply_to, Answer(ask.corr, self.info)))
         self.log.info("task_created", pid=pid, shim_pid=self.shim_pid)
         if setup.start:
-            self._publish("/tasks/start", {"container_id": setup.id, "pid": pid})
-            self._publish("/tasks/restart", {"container_id": setup.id, "pid": pid, "restarts": setup.restarts})
+            self._publish("/tasks/start", {"container_id": setup.id, "pid": pid}, key=self._key("start", pid))
+            self._publish("/tasks/restart", {"container_id": setup.id, "pid": pid, "restarts": setup.restarts},
+                          key=self._key("restart", pid))  # fmt: skip
             self.log.info("task_restarted", pid=pid, restarts=setup.restarts, after="shim died")
 
     def _abandon_create(self) -> None:
@@ -281,7 +292,7 @@ class TaskActor(ContactorActor):
             self.log.warning("restore_found_dead_shim")
             self._cleanup_after_dead_shim()
             return
-        announced = (self.bundle / "task.json").exists()  # written once the create had returned
+        announced = self._announced()
         try:
             self._connect(since=int(self.state.get("seq", 0)))
             assert self.client is not None
@@ -308,8 +319,10 @@ class TaskActor(ContactorActor):
         setup = self.setup
         assert setup is not None and self.client is not None
         if st["status"] == "deleted":
-            # The daemon died in the middle of a delete: finish it.
+            # The daemon died in the middle of a delete: finish it (its exit again, if it was lost).
             self.closing = True
+            if int(st["pid"]) > 0:
+                self._stop_monitor((self._exit_envelope(st),))
             self._drain_events()
             self._finish_delete({"pid": st["pid"], "exit_status": st["exit_status"],
                                  "exited_at": st["exited_at"]})  # fmt: skip
@@ -322,11 +335,17 @@ class TaskActor(ContactorActor):
             int(st["pid"]), str(st["status"]), int(st["exit_status"]), float(st["exited_at"])
         )
         if not announced:
+            self.state.pop("reserved", None)
             self._save_state()
             self._publish("/tasks/create", {"container_id": setup.id, "bundle": str(self.bundle), "rootfs": [],
-                                            "io": {}, "checkpoint": "", "pid": self.info.pid})  # fmt: skip
+                                            "io": {}, "checkpoint": "", "pid": self.info.pid},
+                          key=self._key("create"))  # fmt: skip
         if st["status"] in ("running", "paused", "created"):
             self._monitor(int(st["pid"]))
+        elif st["status"] == "stopped":
+            # Its exit may have been on its way to the log when the daemon died: publish it again;
+            # the log drops it if it is there already.
+            self._stop_monitor((self._exit_envelope(st),))
         self.send(self.runtime_parent, TaskReady(self.info))
         self.log.info("task_restored", pid=self.info.pid, status=self.info.status, shim_pid=self.shim_pid)
         self._drain_events()
@@ -406,14 +425,16 @@ class TaskActor(ContactorActor):
             record = {"container_id": setup.id, "id": data.get("id"), "pid": data.get("pid"),
                       "exit_status": data.get("exit_status"), "exited_at": data.get("exited_at")}  # fmt: skip
             if is_init:
-                exit_env = envelope(setup.namespace, "/tasks/exit", record, data.get("exited_at"))
-                self._stop_monitor(() if self.state.get("exit_published") else (exit_env,))
+                exit_env = envelope(setup.namespace, "/tasks/exit", record, data.get("exited_at"),
+                                    key=self._key("exit", "", data.get("pid")))  # fmt: skip
+                self._stop_monitor((exit_env,))
                 self.state["exit_published"] = True
                 self._update_info(status="stopped", exit_status=int(data.get("exit_status", -1)),
                                   exited_at=float(data.get("exited_at", 0.0)))  # fmt: skip
                 self._consider_restart(int(data.get("exit_status", -1)), float(data.get("exited_at", 0.0)))
             else:
-                self._publish("/tasks/exit", record, timestamp=data.get("exited_at"))
+                self._publish("/tasks/exit", record, timestamp=data.get("exited_at"),
+                              key=self._key("exit", data.get("id"), data.get("pid")))  # fmt: skip
             self._answer_waiters("" if is_init else str(data.get("id")), data)
         elif kind == "exec_added":
             self._publish("/tasks/exec-added", {"container_id": setup.id, "exec_id": data.get("exec_id")})
@@ -504,14 +525,14 @@ class TaskActor(ContactorActor):
         }
         told: list[bool] = []
         # The daemon died before this task's container existed: no process ran, nothing is announced.
-        never_ran = not pid and not (self.bundle / "task.json").exists()
+        never_ran = not pid and not self._announced()
 
         def tell_exit() -> None:
             # The init is gone: its exit goes out now (after its last OOM), the cleanup follows.
             told.append(True)
             envelopes = []
-            if not never_ran and not self.state.get("exit_published"):
-                envelopes.append(envelope(setup.namespace, "/tasks/exit", event))
+            if not never_ran:  # the log drops it if this process's exit is there already
+                envelopes.append(envelope(setup.namespace, "/tasks/exit", event, key=self._key("exit", "", pid)))
                 self.state["exit_published"] = True
                 self._save_state()
             self._stop_monitor(tuple(envelopes))
@@ -529,16 +550,25 @@ class TaskActor(ContactorActor):
             self.log.error("rootfs_unmount_failed", error=str(exc))
         self._teardown_network()
         self._fail_waiters("the task's shim died")
-        try:
-            delete_bundle(self.bundle)
-        except Exception as exc:
-            self.log.error("bundle_delete_failed", error=str(exc))
-        self._remove_cgroups()
+
+        def rest() -> None:
+            try:
+                delete_bundle(self.bundle)
+            except Exception as exc:
+                self.log.error("bundle_delete_failed", error=str(exc))
+            self._remove_cgroups()
+            if never_ran:
+                self._leave("shim died before its container existed")
+                return
+            self._leave("shim died", respawn=self._respawn({k: v for k, v in event.items() if k != "id"}))
+
         if never_ran:
-            self._leave("shim died before its container existed")
+            rest()
             return
-        self._publish("/tasks/delete", {**event, "id": ""})  # through the Monitor, after the exit
-        self._leave("shim died", respawn=self._respawn({k: v for k, v in event.items() if k != "id"}))
+        # The bundle goes only once the delete is in the log (see _finish_delete).
+        key = self._key("delete")
+        self._after_commit(key, rest)
+        self._publish("/tasks/delete", {**event, "id": ""}, key=key, ack=True)
 
     # -- the task's network ---------------------------------------------------------------------------------
     def _setup_network(self) -> None:
@@ -609,29 +639,69 @@ class TaskActor(ContactorActor):
                     os.close(fd)
         self.notify_fd = self.pidfd = -1
 
-    def _publish(self, topic: str, event: dict[str, Any], timestamp: float | None = None) -> None:
+    def _publish(self, topic: str, event: dict[str, Any], timestamp: float | None = None, key: str = "",
+                 ack: bool = False) -> None:  # fmt: skip
         setup, peers = self.setup, self.peers
         assert setup is not None and peers is not None
         # Through the Monitor, like the exit (which waits there for the task's last OOM): one path per
         # task keeps its envelopes in order (Thespian keeps no order between different paths).
-        self.send(peers.monitor, Publish(envelope(setup.namespace, topic, event, timestamp)))
+        env = envelope(setup.namespace, topic, event, timestamp, key)
+        self.send(peers.monitor, Publish(env, self.myAddress if ack else None))
+
+    def _after_commit(self, key: str, then: Callable[[], None]) -> None:
+        """Run ``then`` once the envelope ``key`` is in the log (or after COMMIT_WAIT without word)."""
+        self.commit_wait = (key, then)
+        self.wakeupAfter(COMMIT_WAIT, payload="commit_wait")
+
+    def on_Committed(self, msg: Committed, sender: Any) -> None:
+        waiting = self.commit_wait
+        if waiting is not None and waiting[0] == msg.key:
+            self.commit_wait = None
+            waiting[1]()
+
+    def _commit_timed_out(self) -> None:
+        waiting, self.commit_wait = self.commit_wait, None
+        if waiting is not None:
+            self.log.error("event_not_committed", key=waiting[0], seconds=COMMIT_WAIT)
+            waiting[1]()
+
+    def _key(self, kind: str, *parts: Any) -> str:
+        """The event's identity (Envelope.key): this incarnation of the task, what happened, to which process."""
+        setup = self.setup
+        assert setup is not None
+        return "/".join([setup.namespace, setup.id, repr(float(self.state.get("created_at", 0.0))), kind,
+                         *(str(p) for p in parts)])  # fmt: skip
+
+    def _exit_envelope(self, st: dict[str, Any]) -> Envelope:
+        """The init's /tasks/exit as the shim's state tells it (for a restore to publish again)."""
+        setup = self.setup
+        assert setup is not None
+        record = {"container_id": setup.id, "id": setup.id, "pid": st["pid"], "exit_status": st["exit_status"],
+                  "exited_at": st["exited_at"]}  # fmt: skip
+        return envelope(setup.namespace, "/tasks/exit", record, st["exited_at"], key=self._key("exit", "", st["pid"]))
+
+    def _announced(self) -> bool:
+        """Whether the task's /tasks/create was published (task.json past its reservation)."""
+        return (self.bundle / "task.json").exists() and not self.state.get("reserved")
 
     def _monitor(self, pid: int) -> None:
         setup, peers = self.setup, self.peers
         assert setup is not None and peers is not None
         self.send(peers.monitor, Monitor(setup.namespace, setup.id, pid, self._cgroups_path()))
 
-    def _stop_monitor(self, envelopes: tuple[Envelope, ...] = ()) -> None:
+    def _stop_monitor(self, envelopes: tuple[Envelope, ...] = (), ack: bool = False) -> None:
         """Stop watching the task's cgroup; ``envelopes`` are published after its last OOM."""
         setup, peers = self.setup, self.peers
         assert setup is not None and peers is not None
-        self.send(peers.monitor, StopMonitor(setup.namespace, setup.id, envelopes))
+        self.send(peers.monitor, StopMonitor(setup.namespace, setup.id, envelopes, self.myAddress if ack else None))
 
     def on_WakeupMessage(self, msg: Any, sender: Any) -> None:
         if msg.payload == "restore" and not self.gone:
             self._restore()
         elif msg.payload == "await_create" and not self.gone and not self.closing:
             self._await_create()
+        elif msg.payload == "commit_wait":
+            self._commit_timed_out()
         elif msg.payload == "restart" and not self.gone and not self.closing:
             self._restart()
 
@@ -699,7 +769,8 @@ class TaskActor(ContactorActor):
         self._monitor(pid)
         self.info = self._make_info(pid, "running")
         self.send(self.runtime_parent, TaskReady(self.info))
-        self._publish("/tasks/restart", {"container_id": setup.id, "pid": pid, "restarts": restarts})
+        self._publish("/tasks/restart", {"container_id": setup.id, "pid": pid, "restarts": restarts},
+                      key=self._key("restart", pid))  # fmt: skip
         self.log.info("task_restarted", pid=pid, restarts=restarts)
 
     def on_Peers(self, msg: Peers, sender: Any) -> None:
@@ -729,7 +800,8 @@ class TaskActor(ContactorActor):
                 self.state["started_at"] = time.time()
                 self._save_state()
                 self._update_info(status="running")
-                self._publish("/tasks/start", {"container_id": msg.id, "pid": result.get("pid")})
+                self._publish("/tasks/start", {"container_id": msg.id, "pid": result.get("pid")},
+                              key=self._key("start", result.get("pid")))  # fmt: skip
             return TaskReply(result)
         if op == "kill":
             if not exec_id:
@@ -784,14 +856,21 @@ class TaskActor(ContactorActor):
         if not self._wait_shim_gone(10):
             self.log.error("shim_did_not_exit_after_shutdown", shim_pid=self.shim_pid)
         self._close_fds()
-        self._teardown_network()
-        delete_bundle(self.bundle)
-        self._remove_cgroups()
         event = {"container_id": self.setup.id, "pid": result.get("pid"), "exit_status": result.get("exit_status"),
                  "exited_at": result.get("exited_at"), "id": ""}  # fmt: skip
-        self._stop_monitor((envelope(self.setup.namespace, "/tasks/delete", event),))
-        self._fail_waiters("the task was deleted")
-        self._leave("deleted", reply_to, answer)
+        key = self._key("delete")
+
+        def rest() -> None:
+            self._teardown_network()
+            delete_bundle(self.bundle)
+            self._remove_cgroups()
+            self._fail_waiters("the task was deleted")
+            self._leave("deleted", reply_to, answer)
+
+        # The bundle goes only once the delete is in the log: a daemon dying before that leaves the
+        # bundle, and the restored task publishes it again (the log drops a second copy).
+        self._after_commit(key, rest)
+        self._stop_monitor((envelope(self.setup.namespace, "/tasks/delete", event, key=key),), ack=True)
 
     def on_ActorExitRequest(self, msg: Any, sender: Any) -> None:
         # Stopping the daemon never touches shims or containers: only let go of the connection.

@@ -232,5 +232,27 @@ def test_numbering_goes_on_when_age_empties_the_log(tmp_path: Path) -> None:
     assert [e.seq for e in kept] == [5], "every entry is too old, but the newest stays"
     log.close()
     reopened = EventLog(tmp_path / "events.db")
-    assert reopened.append(envelope("ns", "/tasks/start", {})).seq == 6
+    assert reopened.append(envelope("ns", "/tasks/start", {}))[0].seq == 6
     reopened.close()
+
+
+def test_an_envelope_whose_key_the_log_holds_is_a_duplicate_even_after_a_reopen(tmp_path: Path) -> None:
+    from actors.eventlog import EventLog
+    from actors.events import envelope
+
+    log = EventLog(tmp_path / "events.db", max_entries=3, max_age=3600)
+    exit_ = envelope("ns", "/tasks/exit", {"container_id": "c", "pid": 7}, key="ns/c/exit/7")
+    first, fresh = log.append(exit_)
+    assert fresh and first.seq == 1
+    assert log.append(envelope("ns", "/tasks/start", {}))[1], "no key: always new"
+    log.close()
+    log = EventLog(tmp_path / "events.db", max_entries=3, max_age=3600)
+    again, fresh = log.append(exit_)
+    assert not fresh and again.seq == 1, "told the first one's number"
+    assert [e.topic for e in logged_since(tmp_path / "events.db", 0)] == ["/tasks/exit", "/tasks/start"]
+    for i in range(6):
+        log.append(envelope("ns", "/tasks/start", {}, key=f"k{i}"))
+    log.prune()
+    keys = log.db.execute("SELECT key FROM event_keys ORDER BY seq").fetchall()
+    assert [k for (k,) in keys] == ["k3", "k4", "k5"], "keys go with their pruned events"
+    log.close()

@@ -402,3 +402,33 @@ def test_a_request_held_by_a_task_actor_that_dies_is_answered_not_left_hanging(
         assert c.wait("held", timeout=30)["exit_status"] == 137
         c.delete_task("held")
     nothing_left(daemon, "held")
+
+
+def test_an_exit_and_a_delete_on_their_way_to_the_log_when_the_daemon_dies_are_logged_once(
+    daemon: Daemon, rootfs: Path
+) -> None:
+    # The Exchange (which commits events to the log) is stopped, so that what the task publishes
+    # is still on its way when the daemon is killed.
+    with daemon.client() as c:
+        pid = run(c, rootfs, "late", SLEEPER)
+        exchange = int(c.health()["pids"]["exchange"])
+    os.kill(exchange, signal.SIGSTOP)
+    os.kill(pid, signal.SIGKILL)
+    record = daemon.state / daemon.namespace / "late" / "task.json"
+    wait_for(lambda: _on_record(record, "exit_published"), 30, "the TaskActor to have sent the exit")
+    restart(daemon, crash=True)
+    with daemon.client() as c:
+        wait_for(lambda: getattr(task(c, "late"), "status", "") == "stopped", 30, "the restored task")
+        assert [t for t, _ in topics(daemon, "late")][-1] == "/tasks/exit", "published again on restore"
+        exchange = int(c.health()["pids"]["exchange"])
+    os.kill(exchange, signal.SIGSTOP)
+    deleting, out = in_thread(daemon, lambda c: c.delete_task("late"))
+    time.sleep(1.0)  # the shim is shut down; the delete waits for its event to be in the log
+    assert (daemon.state / daemon.namespace / "late").exists(), "the bundle stays until the delete is logged"
+    restart(daemon, crash=True)
+    deleting.join(60)
+    with daemon.client() as c:
+        wait_for(lambda: task(c, "late") is None, 30, "the delete finished by the restored task")
+    assert final_topics(daemon, "late") == [("/tasks/create", None), ("/tasks/start", None), ("/tasks/exit", 137),
+                                      ("/tasks/delete", 137)]  # fmt: skip
+    nothing_left(daemon, "late")
