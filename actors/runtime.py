@@ -17,7 +17,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from thespian.actors import ChildActorExited
 
@@ -49,11 +49,15 @@ from actors.messages import (
     TaskRequest,
     TaskSetup,
 )
-from actors.procs import read_pid_file
+from actors.procs import is_alive_process, read_pid_file
 from actors.spec import check_spec
 from actors.task import TaskActor, live_shim
 
 __all__ = ["RuntimeActor", "restore_plan"]
+
+
+# How often the RuntimeActor looks whether its TaskActors still live (see RuntimeActor._sweep).
+SWEEP_PERIOD: Final = 5.0
 
 
 @dataclass
@@ -152,6 +156,7 @@ class RuntimeActor(ContactorActor):
                 # Listed at once, as "restoring", until its TaskActor reports what its shim says.
                 self.tasks[(ns, cid)].info = restoring_info(self.config.daemon.state, ns, cid)
             self.log.info("restore_started", tasks=len(self.tasks))
+            self.wakeupAfter(SWEEP_PERIOD, payload="sweep")
 
     def on_Peers(self, msg: Peers, sender: Any) -> None:
         if self.peers is not None and self.peers.metadata != msg.metadata:
@@ -274,6 +279,9 @@ class RuntimeActor(ContactorActor):
         raise FailedPrecondition(f"task {cid} is waiting to be restarted by its policy: kill or delete it first")
 
     def on_WakeupMessage(self, msg: Any, sender: Any) -> None:
+        if msg.payload == "sweep":
+            self._sweep()
+            return
         if isinstance(msg.payload, tuple) and msg.payload[0] == "respawn":
             key = (msg.payload[1], msg.payload[2])
             respawn = self.respawning.pop(key, None)
@@ -321,12 +329,28 @@ class RuntimeActor(ContactorActor):
     def on_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
         for key, entry in list(self.tasks.items()):
             if entry.address == msg.childAddress:
-                # Died without a delete: a new TaskActor takes the same bundle over.
-                self.log.warning("task_actor_died", namespace=key[0], id=key[1])
-                del self.tasks[key]
-                if self.peers is not None:
-                    self.send(self.peers.gateway, TaskActorLost(*key))
-                if bundle_path(self.config.daemon.state, *key).exists():
-                    self._spawn(key[0], key[1], True, entry.runtime_name, entry.rootfs)
+                self._task_actor_died(key, entry)
                 return
-        self.log.info("unknown_child_exited", address=str(msg.childAddress))
+
+    def _task_actor_died(self, key: tuple[str, str], entry: _Entry) -> None:
+        # Died without a delete: a new TaskActor takes the same bundle over.
+        self.log.warning("task_actor_died", namespace=key[0], id=key[1])
+        del self.tasks[key]
+        if self.peers is not None:
+            self.send(self.peers.gateway, TaskActorLost(*key))
+        if bundle_path(self.config.daemon.state, *key).exists():
+            self._spawn(key[0], key[1], True, entry.runtime_name, entry.rootfs)
+
+    def _sweep(self) -> None:
+        """TaskActors found dead by their pid, in case Thespian's ChildActorExited never came.
+
+        Seen under load: a killed TaskActor whose death its RuntimeActor was never told of, its task
+        left unmanageable until the next restart.  A dead child stays a zombie until reaped, so
+        the pid cannot belong to another process meanwhile.
+        """
+        for key, entry in list(self.tasks.items()):
+            pid = entry.info.actor_pid if entry.info is not None else 0
+            if pid > 0 and not is_alive_process(pid, 0):
+                self.log.warning("task_actor_found_dead", namespace=key[0], id=key[1], actor_pid=pid)
+                self._task_actor_died(key, entry)
+        self.wakeupAfter(SWEEP_PERIOD, payload="sweep")

@@ -422,7 +422,7 @@ def test_an_exit_and_a_delete_on_their_way_to_the_log_when_the_daemon_dies_are_l
         assert [t for t, _ in topics(daemon, "late")][-1] == "/tasks/exit", "published again on restore"
         exchange = int(c.health()["pids"]["exchange"])
     os.kill(exchange, signal.SIGSTOP)
-    deleting, out = in_thread(daemon, lambda c: c.delete_task("late"))
+    deleting, _ = in_thread(daemon, lambda c: c.delete_task("late"))
     time.sleep(1.0)  # the shim is shut down; the delete waits for its event to be in the log
     assert (daemon.state / daemon.namespace / "late").exists(), "the bundle stays until the delete is logged"
     restart(daemon, crash=True)
