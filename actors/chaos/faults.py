@@ -235,6 +235,7 @@ class Injector:
         if not wait_until(lambda: self.wrapper.hanging(command), 20):
             rec.note += ", the call never reached the runtime"
             self.wrapper.disarm()
+        rec.started = time.monotonic()  # the fault is the restart: recovery counts from it
         self.restart_daemon(crash)
         caller.join(30)
         self._done(rec, self.healthy)
