@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from thespian.actors import ChildActorExited
 
-from actors import netopts, network, restart, task_network
+from actors import netopts, network, respawns, restart, task_network
 from actors._actor import ContactorActor, error_reply
 from actors.bundle import bundle_path, create_bundle, delete_bundle
 from actors.cgroups import placement
@@ -156,6 +156,13 @@ class RuntimeActor(ContactorActor):
                 # Listed at once, as "restoring", until its TaskActor reports what its shim says.
                 self.tasks[(ns, cid)].info = restoring_info(self.config.daemon.state, ns, cid)
             self.log.info("restore_started", tasks=len(self.tasks))
+            for ns, cid, respawn in respawns.load_all(self.config.daemon.state):
+                if (ns, cid) in self.tasks:  # made again already, the record outlived it
+                    respawns.remove(self.config.daemon.state, ns, cid)
+                    continue
+                self.respawning[(ns, cid)] = respawn
+                self.wakeupAfter(respawn.delay, payload=("respawn", ns, cid))
+                self.log.info("restart_rescheduled", namespace=ns, id=cid, seconds=round(respawn.delay, 3))
             self.wakeupAfter(SWEEP_PERIOD, payload="sweep")
 
     def on_Peers(self, msg: Peers, sender: Any) -> None:
@@ -272,6 +279,7 @@ class RuntimeActor(ContactorActor):
         respawn = self.respawning[(ns, cid)]
         if msg.op in ("kill", "delete") and not msg.params.get("exec_id"):
             del self.respawning[(ns, cid)]
+            respawns.remove(self.config.daemon.state, ns, cid)
             self.log.info("restart_cancelled", namespace=ns, id=cid, op=msg.op)
             return TaskReply(dict(respawn.exit) if msg.op == "delete" else {})
         if msg.op in ("state", "wait"):
@@ -287,6 +295,9 @@ class RuntimeActor(ContactorActor):
             respawn = self.respawning.pop(key, None)
             if respawn is None or key in self.tasks:
                 return
+            # Off the record once asked for: a daemon dying in the create leaves a half-made task,
+            # which its restore finishes or removes.
+            respawns.remove(self.config.daemon.state, *key)
             assert self.peers is not None
             corr = next(self.corr)
             # The create's answer comes back here and is dropped; failures are logged by the TaskActor.
@@ -304,7 +315,8 @@ class RuntimeActor(ContactorActor):
         ns, cid = validate_namespace(msg.namespace), validate(msg.id, "container id")
         if (ns, cid) in self.tasks:
             raise FailedPrecondition(f"container {cid} has a task: delete the task first")
-        self.respawning.pop((ns, cid), None)
+        if self.respawning.pop((ns, cid), None) is not None:
+            respawns.remove(self.config.daemon.state, ns, cid)
         assert self.peers is not None
         self.send(self.peers.metadata, Ask(ask.corr, msg, ask.reply_to or sender))
 

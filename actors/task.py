@@ -35,7 +35,7 @@ from typing import Any, Final
 
 from thespian.actors import ActorExitRequest
 
-from actors import restart, task_network
+from actors import respawns, restart, task_network
 from actors._actor import ContactorActor, error_reply
 from actors.bundle import delete_bundle, write_atomic
 from actors.cgroups import Host, detect, placement, remove_empty_parents, remove_task_cgroups
@@ -552,6 +552,12 @@ class TaskActor(ContactorActor):
         self._fail_waiters("the task's shim died")
 
         def rest() -> None:
+            respawn = None if never_ran else self._respawn({k: v for k, v in event.items() if k != "id"})
+            if respawn is not None:
+                try:  # on record before the bundle goes: a daemon restart meanwhile keeps the restart
+                    respawns.save(setup.config.daemon.state, setup.namespace, setup.id, respawn)
+                except OSError as exc:
+                    self.log.error("restart_not_recorded", error=str(exc))
             try:
                 delete_bundle(self.bundle)
             except Exception as exc:
@@ -560,7 +566,7 @@ class TaskActor(ContactorActor):
             if never_ran:
                 self._leave("shim died before its container existed")
                 return
-            self._leave("shim died", respawn=self._respawn({k: v for k, v in event.items() if k != "id"}))
+            self._leave("shim died", respawn=respawn)
 
         if never_ran:
             rest()

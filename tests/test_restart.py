@@ -144,6 +144,30 @@ def test_a_kill_while_a_dead_shims_task_waits_to_restart_is_final(tmp_path: Path
         c.delete_container("patient")
 
 
+def test_a_restart_owed_after_a_dead_shim_survives_a_daemon_restart(tmp_path: Path, rootfs: Path) -> None:
+    from actors.testing import private_daemon
+
+    with private_daemon(tmp_path, extra_config="[restart]\nbase = 4.0\n") as d:
+        with d.client() as c:
+            first = start(c, rootfs, "owed", ["/bin/sleep", "1000"], "always")
+            os.kill(task(c, "owed").shim_pid, signal.SIGKILL)
+            wait_for(lambda: all(t.id != "owed" for t in c.list_tasks()), 30, "the dead shim's cleanup")
+        record = d.state / ".respawn" / d.namespace / "owed.json"
+        assert record.exists(), "the restart is on record while it waits"
+        d.kill_all()  # the daemon dies during the back-off
+        d.start()
+        with d.client() as c:
+            wait_for(lambda: any(t.id == "owed" and t.status == "running" and t.pid != first
+                                 for t in c.list_tasks()), 30, "made again by the new daemon")  # fmt: skip
+            assert task(c, "owed").restarts == 1
+            assert not record.exists()
+            c.kill("owed", 9)
+            c.wait("owed")
+            c.delete_task("owed")
+            c.delete_container("owed")
+        assert not (d.state / ".respawn" / d.namespace).exists()
+
+
 def test_a_bad_policy_is_refused() -> None:
     for bad in ("sometimes", "on-failure:0", "on-failure:x", "always:3"):
         with pytest.raises(InvalidArgument):
