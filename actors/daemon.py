@@ -140,6 +140,47 @@ def _start_factory(state: Path, log: Any) -> int:
     return pid
 
 
+class _Factory:
+    """The shim factory, started again when it dies (until then, and if it cannot be, shims are exec'd)."""
+
+    def __init__(self, state: Path, log: Any) -> None:
+        self.state, self.log = state, log
+        self.pid, self.pidfd = 0, -1
+        self.deaths: list[float] = []
+
+    def start(self) -> None:
+        self.pid = _start_factory(self.state, self.log)
+        self.pidfd = -1
+        if self.pid:
+            try:
+                self.pidfd = os.pidfd_open(self.pid)
+            except ProcessLookupError:  # died at once: the next start is the caller's call
+                self.died()
+
+    def died(self) -> None:
+        """Its pidfd fired: start another, unless it keeps dying (5 deaths within a minute)."""
+        self.log.error("shim_factory_died", pid=self.pid)
+        self._close()
+        now = time.monotonic()
+        self.deaths = [t for t in self.deaths if now - t < 60.0] + [now]
+        if len(self.deaths) >= 5:
+            self.log.error("shim_factory_given_up", deaths=len(self.deaths))  # shims are exec'd instead
+            self.pid = 0
+            return
+        self.start()
+
+    def _close(self) -> None:
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+    def stop(self) -> None:
+        self._close()
+        if self.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+
+
 def _environment(cfg: Config) -> None:
     """Thespian reads these at import: set them before it is imported."""
     root = Path(cfg.daemon.root)
@@ -200,14 +241,14 @@ def run(cfg: Config) -> int:
     stopping: list[int] = []
     for signo in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signo, lambda s, f: stopping.append(s))
-    factory_pid = 0
+    factory = _Factory(state, log)
     try:
         _clear_stale(state, log)
-        factory_pid = _start_factory(state, log)
+        factory.start()
         _environment(cfg)
         restarts = 0
         while not stopping:
-            pgid = _serve_once(cfg, state, stop_r, stopping, log)
+            pgid = _serve_once(cfg, state, stop_r, stopping, log, factory)
             _kill_group(pgid, log)
             if stopping:
                 break
@@ -216,9 +257,7 @@ def run(cfg: Config) -> int:
             time.sleep(min(5.0, 0.2 * restarts))
         return 0
     finally:
-        if factory_pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(factory_pid, signal.SIGTERM)
+        factory.stop()
         for leftover in (state / "actors.pgid", Path(cfg.daemon.address), state / "shim-factory.pid",
                          factory_address(state)):  # fmt: skip
             with contextlib.suppress(FileNotFoundError):
@@ -228,7 +267,7 @@ def run(cfg: Config) -> int:
         log.info("daemon_stopped")
 
 
-def _serve_once(cfg: Config, state: Path, stop_r: int, stopping: list[int], log: Any) -> int:
+def _serve_once(cfg: Config, state: Path, stop_r: int, stopping: list[int], log: Any, factory: _Factory) -> int:
     """Start the actor system, serve until it dies or we are asked to stop; returns its pgid."""
     from thespian.actors import ActorSystem
 
@@ -266,9 +305,12 @@ def _serve_once(cfg: Config, state: Path, stop_r: int, stopping: list[int], log:
         }
         try:
             while not stopping:
-                ready, _, _ = select.select([*watched, stop_r], [], [])
+                factory_fd = factory.pidfd
+                ready, _, _ = select.select([*watched, stop_r, *([factory_fd] if factory_fd >= 0 else [])], [], [])
                 with contextlib.suppress(BlockingIOError):
                     os.read(stop_r, 64)
+                if factory_fd >= 0 and factory_fd in ready:
+                    factory.died()
                 dead = [watched[fd] for fd in ready if fd in watched]
                 if dead:
                     log.error("actor_system_died", process=dead[0], admin_pid=booted.admin_pid,

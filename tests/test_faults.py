@@ -432,3 +432,19 @@ def test_an_exit_and_a_delete_on_their_way_to_the_log_when_the_daemon_dies_are_l
     assert final_topics(daemon, "late") == [("/tasks/create", None), ("/tasks/start", None), ("/tasks/exit", 137),
                                       ("/tasks/delete", 137)]  # fmt: skip
     nothing_left(daemon, "late")
+
+
+def test_a_dead_shim_factory_is_started_again_and_shims_come_from_it(daemon: Daemon, rootfs: Path) -> None:
+    pid_file = daemon.state / "shim-factory.pid"
+    first = int(pid_file.read_text())
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: pid_file.exists() and int(pid_file.read_text() or 0) not in (0, first), 30, "a new factory")
+    second = int(pid_file.read_text())
+    assert pid_alive(second)
+    with daemon.client() as c:
+        run(c, rootfs, "after", SLEEPER)
+        shim = task(c, "after").shim_pid
+        # Forked from the factory, a shim is the daemon's image, not an exec'd `python -m actors.shim`.
+        assert b"actors.shim" not in Path(f"/proc/{shim}/cmdline").read_bytes()
+        c.delete_task("after", force=True)
+    nothing_left(daemon, "after")
