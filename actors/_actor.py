@@ -36,6 +36,7 @@ class ContactorActor(Actor):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self.watched: list[int] = []
         self.log = get_logger(actor=self.role)
+        self.exiting = False  # an ActorExitRequest came: what follows (children's exits) is the shutdown
 
     def receiveMessage(self, msg: Any, sender: Any) -> ThespianWatch | None:
         handler = getattr(self, f"on_{type(msg).__name__}", None)
@@ -62,6 +63,7 @@ class ContactorActor(Actor):  # type: ignore[misc]
         was reused (by its own epoll instance) makes that poll fail.
         """
         watched = list(self.watched)
+        self.exiting = True
         try:
             if handler is not None:
                 handler(msg, sender)

@@ -287,6 +287,8 @@ class RuntimeActor(ContactorActor):
         raise FailedPrecondition(f"task {cid} is waiting to be restarted by its policy: kill or delete it first")
 
     def on_WakeupMessage(self, msg: Any, sender: Any) -> None:
+        if self.exiting:
+            return
         if msg.payload == "sweep":
             self._sweep()
             return
@@ -339,6 +341,8 @@ class RuntimeActor(ContactorActor):
             self.send(msg.reply_to, msg.answer)
 
     def on_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
+        if self.exiting:  # the shutdown takes its TaskActors down: none is to be replaced
+            return
         for key, entry in list(self.tasks.items()):
             if entry.address == msg.childAddress:
                 self._task_actor_died(key, entry)

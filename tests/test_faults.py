@@ -448,3 +448,23 @@ def test_a_dead_shim_factory_is_started_again_and_shims_come_from_it(daemon: Dae
         assert b"actors.shim" not in Path(f"/proc/{shim}/cmdline").read_bytes()
         c.delete_task("after", force=True)
     nothing_left(daemon, "after")
+
+
+def test_a_stopping_daemon_does_not_replace_the_task_actors_its_shutdown_takes_down(
+    daemon: Daemon, rootfs: Path
+) -> None:
+    with daemon.client() as c:
+        for i in range(3):
+            run(c, rootfs, f"s{i}", SLEEPER)
+    daemon.log.write_bytes(b"")
+    daemon.stop()
+    logged = daemon.log.read_text()
+    assert "daemon_stopped" in logged
+    assert "task_actor_died" not in logged and "restore_started" not in logged, "no TaskActor made again"
+    daemon.start()
+    with daemon.client() as c:
+        wait_for(lambda: all(getattr(task(c, f"s{i}"), "status", "") == "running" for i in range(3)), 30,
+                 "the tasks restored by the next start")  # fmt: skip
+        for i in range(3):
+            c.delete_task(f"s{i}", force=True)
+    nothing_left(daemon, "s0", "s1", "s2")
