@@ -84,7 +84,7 @@ class Exchange(ContactorActor):
             return envelope_
         env, fresh = self.log_.append(envelope_)
         if not fresh:
-            self.log.info("duplicate_dropped", namespace=env.namespace, topic=env.topic, key=env.key, seq=env.seq)
+            self.log.debug("duplicate_dropped", namespace=env.namespace, topic=env.topic, key=env.key, seq=env.seq)
             return env
         for follower in self.followers:
             self.send(follower, Appended(env.seq))
