@@ -81,7 +81,7 @@ def _kill_group(pgid: int, log: Any) -> None:
         return
     victims = []
     for proc in psutil.process_iter(["pid"]):
-        with contextlib.suppress(psutil.Error):
+        with contextlib.suppress(psutil.Error, OSError):  # a process may exit meanwhile
             if os.getpgid(proc.pid) == pgid and proc.pid != os.getpid():
                 victims.append(proc)
     if not victims:
