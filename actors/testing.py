@@ -199,7 +199,9 @@ def tear_down(d: Daemon) -> list[str]:
     state = d.state
     problems: list[str] = []
     try:
-        if d.proc is None:
+        if d.proc is None or d.proc.poll() is not None:  # never started, or died: a new one cleans up
+            if d.proc is not None:
+                problems.append(f"the daemon had exited with {d.proc.returncode}")
             d.start()
         with d.client() as c:
             for t in c.list_tasks():
