@@ -1,0 +1,323 @@
+"""What every part of a TaskActor shares: its state, its shim connection, publishing, leaving.
+
+The TaskActor (``actors/task.py``) is built in layers, one concern each: this base;
+restart policies (``_task_restart``); the shim's events (``_task_events``); cleanup after
+a delete or a dead shim (``_task_cleanup``); restore after a daemon restart
+(``_task_restore``); the actor itself, its set-up and requests (``task``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import select
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+from thespian.actors import ActorExitRequest
+
+from actors import task_network
+from actors._actor import ContactorActor
+from actors.bundle import write_atomic
+from actors.cgroups import Host, detect, placement, remove_empty_parents, remove_task_cgroups
+from actors.errdefs import ContactorError
+from actors.events import envelope
+from actors.messages import (
+    Answer,
+    Ask,
+    Committed,
+    Envelope,
+    ErrorReply,
+    Monitor,
+    Peers,
+    Publish,
+    Respawn,
+    StopMonitor,
+    TaskGone,
+    TaskInfo,
+    TaskReady,
+    TaskReply,
+    TaskSetup,
+)
+from actors.procs import is_alive_process, read_pid_file, wait_exit
+from actors.shim.client import ShimClient
+
+DEAD_SHIM_STATUS: Final = 128 + 9
+STATE_FILE_SIZE: Final = 4096
+# How long a cleanup waits for its /tasks/delete to be in the log before it goes on without word.
+COMMIT_WAIT: Final = 10.0
+
+
+def live_shim(bundle: str | Path) -> int:
+    """The pid of the bundle's shim if that very process still runs, else 0.
+
+    ``shim.pid`` holds the shim's pid and kernel start time: a reused pid is never
+    taken for the shim (and a shim forked from the factory has no telling cmdline).
+    """
+    try:
+        pid, start = read_pid_file(Path(bundle) / "shim.pid")
+    except (OSError, ValueError, IndexError):
+        return 0
+    return pid if is_alive_process(pid, start) else 0
+
+
+_HOST: list[Host] = []
+
+
+def _host() -> Host:
+    """The cgroup layout of this host, detected once per process."""
+    if not _HOST:
+        _HOST.append(detect())
+    return _HOST[0]
+
+
+def _container_pidfd(pid: int, namespace: str, cid: str) -> int | None:
+    """A pidfd of ``pid`` if it is still this container's init (its cgroup names the task)."""
+    if pid <= 0:
+        return None
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            if f"/{namespace}/{cid}" in f.read():
+                return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+class TaskBase(ContactorActor):
+    """The state and the shared steps of a TaskActor."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.setup: TaskSetup | None = None
+        self.peers: Peers | None = None
+        self.client: ShimClient | None = None
+        self.notify_fd = -1
+        self.pidfd = -1
+        self.shim_pid = 0
+        self.info: TaskInfo | None = None
+        self.waiters: dict[str, list[tuple[Ask, Any]]] = {}
+        self.state: dict[str, Any] = {"seq": 0, "exit_published": False, "created_at": time.time()}
+        self.closing = False  # we are deleting or shutting the shim down ourselves
+        # The envelope whose commit to the log the cleanup waits for, and what then follows.
+        self.commit_wait: tuple[str, Callable[[], None]] | None = None
+        self.gone = False
+        self.runtime_parent: Any = None  # the RuntimeActor that sent TaskSetup
+
+    def _runtime_binary(self) -> str:
+        """The configured runtime binary when this task uses the configured runtime, else its name."""
+        assert self.setup is not None
+        rt = self.setup.config.runtime
+        if rt.binary is not None and self.setup.runtime_name == rt.name:
+            return str(rt.binary)
+        return shutil.which(self.setup.runtime_name) or self.setup.runtime_name
+
+    @property
+    def bundle(self) -> Path:
+        assert self.setup is not None
+        return Path(self.setup.bundle)
+
+    def _runtime_root(self) -> str:
+        assert self.setup is not None
+        return str(Path(self.setup.config.runtime_root) / self.setup.namespace)
+
+    def _save_state(self) -> None:
+        """task.json: what was published (so a restored TaskActor never publishes it again).
+
+        Kept at a page or more (JSON ignores the trailing blanks), so that on a full state
+        filesystem, where the atomic rename cannot get a new file, the old copy is
+        overwritten in place: forgetting what was published would publish it twice.
+        """
+        path = self.bundle / "task.json"
+        data = json.dumps(self.state).encode()
+        try:
+            write_atomic(path, data.ljust(STATE_FILE_SIZE))
+        except OSError as exc:
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                try:
+                    size = os.fstat(fd).st_size
+                    if len(data) > size:
+                        raise exc
+                    os.pwrite(fd, data.ljust(size), 0)
+                finally:
+                    os.close(fd)
+            except OSError as final:
+                self.log.error("task_state_not_saved", error=str(final))
+
+    def _connect(self, since: int | None) -> None:
+        assert self.setup is not None
+        self.notify_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.client = ShimClient(str(self.bundle / "shim.sock"), notify_fd=self.notify_fd)
+        self.pidfd = os.pidfd_open(self.shim_pid)
+        self.watched = [self.notify_fd, self.pidfd]
+        self.client.subscribe(since=since)
+
+    def _make_info(self, pid: int, status: str, exit_status: int = -1, exited_at: float = 0.0) -> TaskInfo:
+        setup = self.setup
+        assert setup is not None
+        net = self.state.get("net") or {}
+        return TaskInfo(setup.namespace, setup.id, pid, status, exit_status, exited_at, self.shim_pid,
+                        str(self.bundle), float(self.state.get("created_at", 0.0)), os.getpid(),
+                        int(self.state.get("restarts", 0)), str(net.get("mode", "")),
+                        task_network.address_of(net))  # fmt: skip
+
+    def _update_info(self, **changes: Any) -> None:
+        if self.info is None:
+            return
+        self.info = dataclasses.replace(self.info, **changes)
+        self.send(self.runtime_parent, TaskReady(self.info))
+
+    def _answer_waiters(self, exec_id: str, data: dict[str, Any]) -> None:
+        result = {
+            "pid": data.get("pid"),
+            "exit_status": data.get("exit_status"),
+            "exited_at": data.get("exited_at"),
+        }
+        for ask, sender in self.waiters.pop(exec_id, []):
+            self.answer(ask, sender, TaskReply(result))
+
+    def _wait_shim_gone(self, timeout: float) -> bool:
+        if not self.shim_pid:
+            return True
+        if self.pidfd >= 0:
+            return bool(select.select([self.pidfd], [], [], timeout)[0])
+        return wait_exit(self.shim_pid, timeout)
+
+    # -- the task's network ---------------------------------------------------------------------------------
+    def _setup_network(self) -> None:
+        """A bridge task's network, made before its container; ``none`` and ``host`` need nothing."""
+        setup = self.setup
+        assert setup is not None
+        options = setup.network
+        if options is None or options.mode != "bridge":
+            self.state["net"] = {"mode": options.mode if options else ""}
+            return
+        # Recorded before anything is made: whoever cleans up after us knows to look.
+        self.state["net"] = {"mode": "bridge", "bridge": setup.config.network.bridge}
+        self._save_state()
+        self.state["net"] = task_network.setup(setup.config, setup.namespace, setup.id, options)
+        self._save_state()
+        self.log.info("network_ready", address=self.state["net"]["address"], veth=self.state["net"]["veth"])
+
+    def _teardown_network(self) -> None:
+        """Remove what the task's network made (before its bundle goes: a crash in between is retried)."""
+        setup = self.setup
+        assert setup is not None
+        record = self.state.get("net")
+        for problem in task_network.teardown(setup.config, setup.namespace, setup.id, record):
+            self.log.error("network_teardown_failed", problem=problem)
+
+    def _fail_waiters(self, why: str) -> None:
+        for waiters in self.waiters.values():
+            for ask, sender in waiters:
+                self.answer(ask, sender, ErrorReply("unavailable", why))
+        self.waiters.clear()
+
+    def _cgroups_path(self) -> str:
+        setup = self.setup
+        assert setup is not None
+        cfg = setup.config.cgroups
+        return placement(cfg.driver, str(cfg.parent), setup.namespace, setup.id)
+
+    def _remove_cgroups(self) -> None:
+        """The task's cgroup in every hierarchy (whatever the runtime left), then empty parents."""
+        setup = self.setup
+        assert setup is not None
+        parent = str(setup.config.cgroups.parent).rstrip("/")
+        path = self._cgroups_path()
+        try:
+            busy = remove_task_cgroups(_host(), path)
+            if busy:
+                self.log.error("cgroups_left_busy", paths=[str(p) for p in busy])
+            remove_empty_parents(path, keep=parent.count("/"))
+        except ContactorError as exc:
+            self.log.error("cgroup_removal_failed", error=exc.message)
+
+    def _leave(self, reason: str, reply_to: Any = None, answer: Answer | None = None,
+               respawn: Respawn | None = None) -> None:  # fmt: skip
+        setup = self.setup
+        assert setup is not None
+        self.gone = True
+        self.watched = []
+        self.send(self.runtime_parent, TaskGone(setup.namespace, setup.id, reason, reply_to, answer, respawn))
+        self.send(self.myAddress, ActorExitRequest())
+
+    def _close_fds(self) -> None:
+        self.watched = []
+        if self.client is not None:
+            self.client.close()
+        for fd in (self.notify_fd, self.pidfd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.notify_fd = self.pidfd = -1
+
+    def _publish(self, topic: str, event: dict[str, Any], timestamp: float | None = None, key: str = "",
+                 ack: bool = False) -> None:  # fmt: skip
+        setup, peers = self.setup, self.peers
+        assert setup is not None and peers is not None
+        # Through the Monitor, like the exit (which waits there for the task's last OOM): one path per
+        # task keeps its envelopes in order (Thespian keeps no order between different paths).
+        env = envelope(setup.namespace, topic, event, timestamp, key)
+        self.send(peers.monitor, Publish(env, self.myAddress if ack else None))
+
+    def _after_commit(self, key: str, then: Callable[[], None]) -> None:
+        """Run ``then`` once the envelope ``key`` is in the log (or after COMMIT_WAIT without word)."""
+        self.commit_wait = (key, then)
+        self.wakeupAfter(COMMIT_WAIT, payload="commit_wait")
+
+    def on_Committed(self, msg: Committed, sender: Any) -> None:
+        waiting = self.commit_wait
+        if waiting is not None and waiting[0] == msg.key:
+            self.commit_wait = None
+            waiting[1]()
+
+    def _commit_timed_out(self) -> None:
+        waiting, self.commit_wait = self.commit_wait, None
+        if waiting is not None:
+            self.log.error("event_not_committed", key=waiting[0], seconds=COMMIT_WAIT)
+            waiting[1]()
+
+    def _key(self, kind: str, *parts: Any) -> str:
+        """The event's identity (Envelope.key): this incarnation of the task, what happened, to which process."""
+        setup = self.setup
+        assert setup is not None
+        return "/".join([setup.namespace, setup.id, repr(float(self.state.get("created_at", 0.0))), kind,
+                         *(str(p) for p in parts)])  # fmt: skip
+
+    def _exit_envelope(self, st: dict[str, Any]) -> Envelope:
+        """The init's /tasks/exit as the shim's state tells it (for a restore to publish again)."""
+        setup = self.setup
+        assert setup is not None
+        record = {"container_id": setup.id, "id": setup.id, "pid": st["pid"], "exit_status": st["exit_status"],
+                  "exited_at": st["exited_at"]}  # fmt: skip
+        return envelope(setup.namespace, "/tasks/exit", record, st["exited_at"], key=self._key("exit", "", st["pid"]))
+
+    def _announced(self) -> bool:
+        """Whether the task's /tasks/create was published (task.json past its reservation)."""
+        return (self.bundle / "task.json").exists() and not self.state.get("reserved")
+
+    def _monitor(self, pid: int) -> None:
+        setup, peers = self.setup, self.peers
+        assert setup is not None and peers is not None
+        self.send(peers.monitor, Monitor(setup.namespace, setup.id, pid, self._cgroups_path()))
+
+    def _stop_monitor(self, envelopes: tuple[Envelope, ...] = (), ack: bool = False) -> None:
+        """Stop watching the task's cgroup; ``envelopes`` are published after its last OOM."""
+        setup, peers = self.setup, self.peers
+        assert setup is not None and peers is not None
+        self.send(peers.monitor, StopMonitor(setup.namespace, setup.id, envelopes, self.myAddress if ack else None))
+
+    def on_Peers(self, msg: Peers, sender: Any) -> None:
+        self.peers = msg
