@@ -172,11 +172,15 @@ class TaskBase(ContactorActor):
                         int(self.state.get("restarts", 0)), str(net.get("mode", "")),
                         task_network.address_of(net))  # fmt: skip
 
-    def _update_info(self, **changes: Any) -> None:
+    def _update_info(self, reply_to: Any = None, answer: Answer | None = None, **changes: Any) -> None:
+        """Tell the RuntimeActor the task's new facts; ``answer`` goes out once its table has them,
+        so a client that lists tasks after the answer sees what it just did."""
         if self.info is None:
+            if reply_to is not None and answer is not None:
+                self.send(reply_to, answer)
             return
         self.info = dataclasses.replace(self.info, **changes)
-        self.send(self.runtime_parent, TaskReady(self.info))
+        self.send(self.runtime_parent, TaskReady(self.info, reply_to, answer))
 
     def _answer_waiters(self, exec_id: str, data: dict[str, Any]) -> None:
         result = {

@@ -189,9 +189,10 @@ class TaskActor(TaskRestore):
             if not exec_id:
                 self.state["started_at"] = time.time()
                 self._save_state()
-                self._update_info(status="running")
                 self._publish("/tasks/start", {"container_id": msg.id, "pid": result.get("pid")},
                               key=self._key("start", result.get("pid")))  # fmt: skip
+                self._update_info(ask.reply_to or sender, Answer(ask.corr, TaskReply(result)), status="running")
+                return None
             return TaskReply(result)
         if op == "kill":
             if not exec_id:
@@ -201,9 +202,10 @@ class TaskActor(TaskRestore):
             return TaskReply(self.client.call("kill", **params))
         if op in ("pause", "resume"):
             result = self.client.call(op)
-            self._update_info(status="paused" if op == "pause" else "running")
             self._publish(f"/tasks/{op}d", {"container_id": msg.id})
-            return TaskReply(result)
+            self._update_info(ask.reply_to or sender, Answer(ask.corr, TaskReply(result)),
+                              status="paused" if op == "pause" else "running")  # fmt: skip
+            return None
         if op == "checkpoint":
             result = self.client.call("checkpoint", **params)
             self._publish(

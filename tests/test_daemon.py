@@ -74,6 +74,23 @@ def test_events_of_one_task_arrive_in_order(daemon: Daemon, rootfs: Path) -> Non
     rec.close()
 
 
+def test_a_listing_after_an_answer_shows_what_the_answer_said(daemon: Daemon, rootfs: Path) -> None:
+    with daemon.client() as c:
+        for i in range(10):
+            make(c, rootfs, f"ls{i}", ["/bin/sleep", "1000"])
+            c.create_task(f"ls{i}")
+            assert {t.id: t.status for t in c.list_tasks()}[f"ls{i}"] == "created"
+            c.start(f"ls{i}")
+            assert {t.id: t.status for t in c.list_tasks()}[f"ls{i}"] == "running"
+            c.pause(f"ls{i}")
+            assert {t.id: t.status for t in c.list_tasks()}[f"ls{i}"] == "paused"
+            c.resume(f"ls{i}")
+            assert {t.id: t.status for t in c.list_tasks()}[f"ls{i}"] == "running"
+            c.delete_task(f"ls{i}", force=True)
+            assert f"ls{i}" not in {t.id for t in c.list_tasks()}
+            c.delete_container(f"ls{i}")
+
+
 def test_shim_sigkill_gives_one_exit_and_one_delete_and_leaves_nothing(daemon: Daemon, rootfs: Path) -> None:
     rec = Recorder(daemon, ('topic~="^/tasks/"',))
     with daemon.client() as c:
