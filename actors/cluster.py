@@ -166,11 +166,16 @@ class NodeActor(EventPulling, ContactorActor):
             del self.rosters[name]
         if self.table is not None:
             self._events(self.table.expire(now))
-            for name in self.table.unintroduced(now, self._timeout):
-                agent = self.createActor(NodeAgent, targetActorRequirements={NODE_CAP: name})
-                self.send(agent, Introduce(self.myAddress, self.info.name, self.info.address))
+            self._introduce(now)
         for node in self._live():
             self._pull(node)
+
+    def _introduce(self, now: float) -> None:
+        """An agent to every node the convention lists but no heartbeat comes from (its NodeActor is new)."""
+        assert self.table is not None and self.info is not None
+        for name in self.table.unintroduced(now, self._timeout):
+            agent = self.createActor(NodeAgent, targetActorRequirements={NODE_CAP: name})
+            self.send(agent, Introduce(self.myAddress, self.info.name, self.info.address))
 
     def _read_tasks(self) -> None:
         """Ask the runtime for our tasks; the heartbeat goes out with the answer."""
@@ -203,6 +208,7 @@ class NodeActor(EventPulling, ContactorActor):
             self.table.listed(NodeInfo(name, "", caps.get("contactor.labels", {}), caps.get("contactor.cpus", 0),
                                        caps.get("contactor.memory", 0), tuple(caps.get("contactor.runtimes", ()))),
                               msg.remoteAdminAddress)  # fmt: skip
+            self._introduce(time.monotonic())
         else:
             node = self.table.nodes.get(name)
             if node is not None:
