@@ -56,6 +56,18 @@ def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
     return out
 
 
+def _constraints(values: Sequence[str]) -> dict[str, str]:
+    """``--constraint``: ``K=V`` (a label, or ``node=NAME``) or ``K>=N`` (``mem>=2G``, ``cpus>=4``)."""
+    out = {}
+    for item in values:
+        key, sep, value = item.partition(">=")
+        if sep and key and "=" not in key:
+            out[key] = f">={value}"
+        else:
+            out.update(_pairs([item], "constraint"))
+    return out
+
+
 def _since(value: str | None) -> tuple[int | None, float | None]:
     """``--since``: an integer is a sequence number; a float or an ISO 8601 time is a time."""
     if value is None:
@@ -181,7 +193,7 @@ class Commands:
     def _node(self) -> str | None:
         """--node, or the node --constraint places the task on."""
         node = getattr(self.args, "node", None)
-        constraints = _pairs(getattr(self.args, "constraint", []) or [], "constraint")
+        constraints = _constraints(getattr(self.args, "constraint", []) or [])
         if constraints:
             if node:
                 raise InvalidArgument("give --node or --constraint, not both")
@@ -416,12 +428,14 @@ class Commands:
         nodes = self.client.list_nodes()
 
         def text() -> None:
-            print(f"{'NODE':<16} {'ADDRESS':<22} {'STATE':<8} {'TASKS':>5} {'LAST SEEN':<20} LABELS")
+            print(f"{'NODE':<16} {'ADDRESS':<22} {'STATE':<9} {'TASKS':>5} {'FREE MEM':>9} {'LAST SEEN':<20} "
+                  "LABELS")  # fmt: skip
             for n in nodes:
                 seen = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(n["last_seen"])) if n["last_seen"] else "-"
                 labels = ",".join(f"{k}={v}" for k, v in sorted(n["labels"].items()))
-                print(f"{n['name']:<16} {n['address']:<22} {n['state'].upper():<8} {n['tasks']:>5} {seen:<20} "
-                      f"{labels}")  # fmt: skip
+                free = f"{n.get('free_memory', 0) / (1 << 30):.1f}G" if n.get("free_memory") else "-"
+                print(f"{n['name']:<16} {n['address']:<22} {n['state'].upper():<9} {n['tasks']:>5} {free:>9} "
+                      f"{seen:<20} {labels}")  # fmt: skip
 
         self.out(nodes, text)
         return 0
@@ -439,7 +453,8 @@ class Commands:
                     print(json.dumps(env), flush=True)
                 else:
                     ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(env["timestamp"]))
-                    print(f"{ts} {env['seq']} {env['namespace']} {env['topic']} {json.dumps(env['event'])}",
+                    node = f"{env['node']} " if env.get("node") else ""
+                    print(f"{ts} {env['seq']} {node}{env['namespace']} {env['topic']} {json.dumps(env['event'])}",
                           flush=True)  # fmt: skip
         except KeyboardInterrupt:
             return 0
@@ -572,7 +587,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--detach", "-d", action="store_true")
     r.add_argument("--interactive", "-i", action="store_true")
     r.add_argument("--constraint", action="append", default=[], metavar="K=V",
-                   help="run on a live node whose labels match (node=NAME matches its name)")
+                   help="run on a live node whose labels match (node=NAME matches its name), "
+                   "or with at least this much free memory or cpus (mem>=2G, cpus>=4)")
     create_options(r)
     r.set_defaults(func="run")
 

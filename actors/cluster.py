@@ -1,23 +1,27 @@
-"""Node agents: every daemon's NodeActor, the node table its leaders keep, and requests for other nodes.
+"""Node agents: every daemon's NodeActor, and requests, listings and events across nodes.
 
 Each daemon's actor system joins a Thespian convention (``[cluster] leaders``)
 and advertises its capabilities (node name, labels, cpus, memory, runtimes).
 The NodeActor on a leader asks its admin for registration changes: a member
 that registers gets a NodeAgent placed on it (``targetActorRequirements`` on
 its node name), which hands the leader's address to that node's Supervisor
-(found by its global name) and so to its NodeActor.  From then on every
-NodeActor sends a heartbeat (its info, its actors' addresses and its tasks) to
-every leader each ``cluster.reregister`` seconds, and each leader answers with
-its node table (a ``Roster``).
+(found by its global name) and so to its NodeActor (held until that one is
+configured: the introduction may come first).  From then on every NodeActor
+sends a heartbeat (its info with its free memory, its actors' addresses and
+its tasks, read just before) to every leader each ``cluster.reregister``
+seconds, and each leader answers with its node table (a ``Roster``).
 
 A node is lost when the convention drops it or when ``miss_max`` heartbeats
 are missed, whichever comes first: Thespian sends no ChildActorExited for
 actors on a dead node.  The active leader (the first configured leader that
-is up) publishes ``/nodes/join`` and ``/nodes/lost`` (namespace ``cluster``) on
-its own Exchange and has every live node publish them on theirs.  Requests
-for another node (``OnNode``) are relayed by the local NodeActor to that
-node's actor and answered through it, so a node lost meanwhile answers its
-callers Unavailable instead of leaving them waiting.
+is up) publishes ``/nodes/join`` and ``/nodes/lost`` (namespace ``cluster``)
+on its own Exchange; like every node's events they reach the other nodes by
+being pulled from its log (``actors.cluster_events``).  Requests for another
+node (``OnNode``) are relayed by the local NodeActor to that node's actor and
+answered through it, so a node lost meanwhile answers its callers Unavailable
+instead of leaving them waiting.  Every node remembers each node's last task
+list it heard of, so ``tasks ls --all-nodes`` lists a lost node's tasks with
+status ``unknown``.  The node table itself is ``actors.cluster_table``.
 """
 
 from __future__ import annotations
@@ -27,24 +31,29 @@ import itertools
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
-from thespian.actors import ActorExitRequest
+import psutil
 
 from actors._actor import ContactorActor
-from actors.errdefs import FailedPrecondition, NotFound, Unavailable
+from actors.cluster_agent import NODE_CAP, NodeAgent
+from actors.cluster_events import EventPulling, Puller
+from actors.cluster_table import NodeTable, Tasks, place
+from actors.errdefs import NotFound, Unavailable
+from actors.eventlog import LogReader
 from actors.events import envelope
 from actors.messages import (
     Answer,
     Ask,
     Configure,
     ErrorReply,
+    Follow,
     Introduce,
     ListAllTasks,
     ListNodes,
     ListTasks,
     NodeBeat,
-    NodeEvent,
     NodeInfo,
     NodeList,
     NodeRow,
@@ -59,92 +68,10 @@ from actors.messages import (
     TaskList,
 )
 
-__all__ = ["NodeActor", "NodeAgent", "NodeTable", "NAMESPACE", "place"]
+__all__ = ["NodeActor", "NodeAgent", "NAMESPACE"]
 
 NAMESPACE: Final = "cluster"  # the namespace of node events
-NODE_CAP: Final = "contactor.node"
 GATHER_TIMEOUT: Final = 5.0
-AGENT_LINGER: Final = 10.0
-
-
-@dataclass
-class _Node:
-    info: NodeInfo
-    state: str = "joining"
-    last_seen: float = 0.0  # wall clock, for display
-    beat_at: float = 0.0  # monotonic
-    peers: Peers | None = None
-    tasks: tuple[TaskInfo, ...] = ()
-    admin: Any = None  # the node's admin while the convention lists it
-    agent_at: float = 0.0
-
-
-class NodeTable:
-    """A leader's view of the nodes: what joined, what is lost.  Returns the events to publish."""
-
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
-        self.nodes: dict[str, _Node] = {}
-
-    def beat(self, msg: NodeBeat, now: float, wall: float) -> list[tuple[str, dict[str, Any]]]:
-        node = self.nodes.setdefault(msg.info.name, _Node(msg.info))
-        node.info, node.peers, node.tasks = msg.info, msg.peers, msg.tasks
-        node.beat_at, node.last_seen = now, wall
-        if node.state != "up":
-            node.state = "up"
-            return [("/nodes/join", {"node": msg.info.name, "address": msg.info.address})]
-        return []
-
-    def lose(self, name: str, reason: str) -> list[tuple[str, dict[str, Any]]]:
-        node = self.nodes.get(name)
-        if node is None or node.state != "up":
-            return []
-        node.state = "lost"
-        return [("/nodes/lost", {"node": name, "address": node.info.address, "reason": reason})]
-
-    def expire(self, now: float) -> list[tuple[str, dict[str, Any]]]:
-        out = []
-        for name, node in self.nodes.items():
-            if node.state == "up" and now - node.beat_at > self.timeout:
-                out += self.lose(name, "missed heartbeats")
-        return out
-
-    def rows(self) -> tuple[NodeRow, ...]:
-        return tuple(NodeRow(n.info, n.state, n.last_seen, n.tasks) for _, n in sorted(self.nodes.items()))
-
-    def live_peers(self) -> dict[str, Peers]:
-        return {k: n.peers for k, n in self.nodes.items() if n.state == "up" and n.peers is not None}
-
-
-def place(rows: tuple[NodeRow, ...], constraints: dict[str, str]) -> str:
-    """The live node whose labels (and name, as ``node``) match every constraint, fewest tasks first."""
-    fits = [r for r in rows if r.state == "up"
-            and all({**r.info.labels, "node": r.info.name}.get(k) == v for k, v in constraints.items())]  # fmt: skip
-    if not fits:
-        wanted = ",".join(f"{k}={v}" for k, v in sorted(constraints.items()))
-        raise FailedPrecondition(f"no live node matches {wanted or 'any'}")
-    return min(fits, key=lambda r: (len(r.tasks), r.info.name)).info.name
-
-
-class NodeAgent(ContactorActor):
-    """Placed on a member by a leader: introduces the leader to that node's NodeActor, then exits."""
-
-    role = "node-agent"
-
-    @staticmethod
-    def actorSystemCapabilityCheck(capabilities: dict[str, Any], requirements: dict[str, Any]) -> bool:
-        return bool(capabilities.get(NODE_CAP) == requirements.get(NODE_CAP))
-
-    def on_Introduce(self, msg: Introduce, sender: Any) -> None:
-        from actors.daemon import SUPERVISOR_NAME
-
-        supervisor = self.createActor("actors.supervisor.Supervisor", globalName=SUPERVISOR_NAME)
-        self.send(supervisor, msg)
-        # Not at once: the send waits for the global name's lookup, and an exit now would drop it.
-        self.wakeupAfter(AGENT_LINGER)
-
-    def on_WakeupMessage(self, msg: Any, sender: Any) -> None:
-        self.send(self.myAddress, ActorExitRequest())
 
 
 @dataclass
@@ -154,9 +81,10 @@ class _Gather:
     waiting: dict[int, str]  # corr -> node
     tasks: list[TaskInfo] = field(default_factory=list)
     rows: tuple[NodeRow, ...] = ()
+    answered: set[str] = field(default_factory=set)
 
 
-class NodeActor(ContactorActor):
+class NodeActor(EventPulling, ContactorActor):
     role = "cluster"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -167,12 +95,18 @@ class NodeActor(ContactorActor):
         self.table: NodeTable | None = None  # leaders only
         self.registrars: dict[str, tuple[Any, int]] = {}  # leader name -> (address, rank)
         self.rosters: dict[str, tuple[Roster, float]] = {}  # leader name -> (roster, monotonic)
+        self.introductions: list[Introduce] = []  # those that came before Configure
         self.tasks: tuple[TaskInfo, ...] = ()
+        self.heard = Tasks()  # every node's task list as last heard, for a lost node's listing
         self.corr = itertools.count(1)
         self.relayed: dict[int, tuple[Ask, Any, str]] = {}  # corr -> (the caller's ask, its sender, node)
         self.gathers: dict[int, _Gather] = {}
         self.gather_of: dict[int, int] = {}  # corr -> gather id
         self.counting: set[int] = set()
+        self.pulls: dict[int, str] = {}  # corr of a PullEvents or ImportEvents -> the node pulled from
+        self.puller: Puller | None = None
+        self.reader: LogReader | None = None
+        self.nudged = 0  # our own events up to here were announced to the other nodes
 
     # -- set-up and heartbeats ------------------------------------------------------------------------
     def on_Configure(self, msg: Configure, sender: Any) -> None:
@@ -188,12 +122,20 @@ class NodeActor(ContactorActor):
                                  c.is_leader)  # fmt: skip
             if c.clustered:
                 if c.is_leader:
-                    self.table = NodeTable(float(c.reregister * c.miss_max))
+                    self.table = NodeTable(self._timeout)
                     self.notifyOnSystemRegistrationChanges(True)
+                self.puller = Puller(self._timeout)
+                self.reader = LogReader(Path(self.cfg.daemon.root) / "events.db")
+                self.send(self.peers.exchange, Follow(self.myAddress))
                 self.wakeupAfter(0.1, payload="beat")
         self.send(sender, Ready(self.role, os.getpid()))
+        for intro in self.introductions:
+            self.on_Introduce(intro, None)
+        self.introductions.clear()
 
     def on_Peers(self, msg: Peers, sender: Any) -> None:
+        if self.reader is not None and (self.peers is None or self.peers.exchange != msg.exchange):
+            self.send(msg.exchange, Follow(self.myAddress))
         self.peers = msg
 
     @property
@@ -212,30 +154,49 @@ class NodeActor(ContactorActor):
             self._finish_gather(msg.payload[1])
 
     def _beat(self) -> None:
+        """Read our tasks (the heartbeat goes when they come), expire lost nodes, pull events."""
         assert self.info is not None and self.peers is not None
-        corr = next(self.corr)
-        self.counting.add(corr)
-        self.send(self.peers.runtime, Ask(corr, ListTasks(), self.myAddress))
-        beat = NodeBeat(self.info, self.peers, self.tasks)
+        if self.counting:  # the runtime did not answer within a period: beat with what we have
+            self.counting.clear()
+            self._send_beat()
+        self._read_tasks()
         now = time.monotonic()
-        for name, (address, _) in list(self.registrars.items()):
-            if name in self.rosters and now - self.rosters[name][1] > self._timeout:
-                del self.registrars[name]  # it introduces itself again when it is back
-                del self.rosters[name]
-                continue
+        for name in [n for n, (_, at) in self.rosters.items() if now - at > self._timeout]:
+            self.registrars.pop(name, None)  # it introduces itself again when it is back
+            del self.rosters[name]
+        if self.table is not None:
+            self._events(self.table.expire(now))
+            self._introduce(now)
+        for node in self._live():
+            self._pull(node)
+
+    def _introduce(self, now: float) -> None:
+        """An agent to every node the convention lists but no heartbeat comes from (its NodeActor is new)."""
+        assert self.table is not None and self.info is not None
+        for name in self.table.unintroduced(now, self._timeout):
+            agent = self.createActor(NodeAgent, targetActorRequirements={NODE_CAP: name})
+            self.send(agent, Introduce(self.myAddress, self.info.name, self.info.address))
+
+    def _read_tasks(self) -> None:
+        """Ask the runtime for our tasks; the heartbeat goes out with the answer."""
+        if not self.counting and self.peers is not None:
+            corr = next(self.corr)
+            self.counting.add(corr)
+            self.send(self.peers.runtime, Ask(corr, ListTasks(), self.myAddress))
+
+    def _own_events(self) -> None:
+        """Something happened here (a task's event, say): tell the leaders our tasks now, not next period."""
+        self._read_tasks()
+
+    def _send_beat(self) -> None:
+        assert self.info is not None and self.peers is not None
+        self.info = dataclasses.replace(self.info, free_memory=psutil.virtual_memory().available)
+        beat = NodeBeat(self.info, self.peers, self.tasks)
+        self.heard.heard(self.info.name, time.time(), self.tasks)
+        for address, _ in list(self.registrars.values()):
             self.send(address, beat)
         if self.table is not None:
-            self._events(self.table.beat(beat, now, time.time()) + self.table.expire(now))
-            self._place_agents(now)
-
-    def _place_agents(self, now: float) -> None:
-        """An agent for every node the convention lists but no heartbeat comes from (its NodeActor is new)."""
-        assert self.table is not None and self.info is not None
-        for name, node in self.table.nodes.items():
-            if node.admin is not None and node.state != "up" and now - node.agent_at > self._timeout:
-                node.agent_at = now
-                agent = self.createActor(NodeAgent, targetActorRequirements={NODE_CAP: name})
-                self.send(agent, Introduce(self.myAddress, self.info.name, self.info.address))
+            self._events(self.table.beat(beat, time.monotonic(), time.time()))
 
     def on_ActorSystemConventionUpdate(self, msg: Any, sender: Any) -> None:
         name = (msg.remoteCapabilities or {}).get(NODE_CAP)
@@ -244,20 +205,20 @@ class NodeActor(ContactorActor):
         self.log.info("convention_update", node=name, added=msg.remoteAdded)
         if msg.remoteAdded:
             caps = msg.remoteCapabilities
-            info = NodeInfo(name, "", caps.get("contactor.labels", {}), caps.get("contactor.cpus", 0),
-                            caps.get("contactor.memory", 0), tuple(caps.get("contactor.runtimes", ())))
-            node = self.table.nodes.setdefault(name, _Node(info))
-            node.admin, node.agent_at = msg.remoteAdminAddress, 0.0
-            if node.state == "up":
-                node.state = "rejoining"  # a restarted node: its old NodeActor is gone
-            self._place_agents(time.monotonic())
+            self.table.listed(NodeInfo(name, "", caps.get("contactor.labels", {}), caps.get("contactor.cpus", 0),
+                                       caps.get("contactor.memory", 0), tuple(caps.get("contactor.runtimes", ()))),
+                              msg.remoteAdminAddress)  # fmt: skip
+            self._introduce(time.monotonic())
         else:
-            node_ = self.table.nodes.get(name)
-            if node_ is not None:
-                node_.admin = None
+            node = self.table.nodes.get(name)
+            if node is not None:
+                node.admin = None
             self._events(self.table.lose(name, "left the convention"))
 
     def on_Introduce(self, msg: Introduce, sender: Any) -> None:
+        if self.cfg is None:
+            self.introductions.append(msg)  # the Supervisor passed it on before configuring us
+            return
         leaders = self.cfg.cluster.leaders
         rank = leaders.index(msg.address) if msg.address in leaders else len(leaders)
         self.registrars[msg.leader] = (msg.registrar, rank)
@@ -269,17 +230,21 @@ class NodeActor(ContactorActor):
     def on_NodeBeat(self, msg: NodeBeat, sender: Any) -> None:
         if self.table is None or self.info is None:
             return
+        self.heard.heard(msg.info.name, time.time(), msg.tasks)
         self._events(self.table.beat(msg, time.monotonic(), time.time()))
         self.send(msg.peers.cluster, Roster(self.info.name, self.table.rows(), self.table.live_peers()))
 
     def on_Roster(self, msg: Roster, sender: Any) -> None:
-        if msg.leader in self.registrars:
-            self.rosters[msg.leader] = (msg, time.monotonic())
+        if msg.leader not in self.registrars:
+            return
+        self.rosters[msg.leader] = (msg, time.monotonic())
+        for row in msg.rows:
+            self.heard.heard(row.info.name, row.last_seen, row.tasks)
+        if self._roster() is msg:
+            for node in {target for _, _, target in self.relayed.values()} - set(msg.peers):
+                self._lost(node)
 
-    def on_NodeEvent(self, msg: NodeEvent, sender: Any) -> None:
-        self._publish(msg.topic, msg.event)
-
-    # -- events --------------------------------------------------------------------------------------
+    # -- node events ---------------------------------------------------------------------------------
     def _active(self) -> bool:
         """A leader publishes node events only while no leader before it in the list is up."""
         if self.table is None or self.info is None:
@@ -292,24 +257,20 @@ class NodeActor(ContactorActor):
         return True
 
     def _events(self, events: list[tuple[str, dict[str, Any]]]) -> None:
-        assert self.table is not None
         for topic, event in events:
             self.log.info("node_event", topic=topic, **event)
-            name = event["node"]
             if topic == "/nodes/lost":
-                self._fail_relayed(name)
-            if not self._active():
-                continue
-            self._publish(topic, event)
-            for other, peers in self.table.live_peers().items():
-                if self.info is not None and other != self.info.name and peers.cluster is not None:
-                    self.send(peers.cluster, NodeEvent(topic, event))
+                self._lost(event["node"])
+            if self._active() and self.peers is not None:
+                self.send(self.peers.exchange, Publish(envelope(NAMESPACE, topic, event)))
 
-    def _publish(self, topic: str, event: dict[str, Any]) -> None:
-        if topic == "/nodes/lost" and self.table is None:
-            self._fail_relayed(str(event.get("node")))
-        if self.peers is not None:
-            self.send(self.peers.exchange, Publish(envelope(NAMESPACE, topic, event)))
+    def _lost(self, node: str) -> None:
+        if self.puller is not None:
+            self.puller.forget(node)
+        for corr, (ask, sender, target) in list(self.relayed.items()):
+            if target == node:
+                del self.relayed[corr]
+                self.answer(ask, sender, ErrorReply("unavailable", f"node {node} was lost"))
 
     # -- the view: a leader's own table, else the freshest roster of the first leader -------------------
     def _rows(self) -> tuple[NodeRow, ...]:
@@ -324,6 +285,14 @@ class NodeActor(ContactorActor):
         if not fresh:
             raise Unavailable("no cluster leader is reachable from this node")
         return min(fresh, key=lambda x: x[0])[1]
+
+    def _live(self) -> dict[str, Peers]:
+        """Every other live node's actors."""
+        try:
+            live = self.table.live_peers() if self.table is not None else self._roster().peers
+        except Unavailable:
+            return {}
+        return {k: v for k, v in live.items() if self.info is None or k != self.info.name}
 
     def _peers_of(self, node: str) -> Peers:
         assert self.info is not None and self.peers is not None
@@ -358,15 +327,14 @@ class NodeActor(ContactorActor):
     def ask_ListAllTasks(self, msg: ListAllTasks, ask: Ask, sender: Any) -> None:
         assert self.info is not None and self.peers is not None
         rows = self._rows() if self.cfg.cluster.clustered else ()
-        live = self.table.live_peers() if self.table is not None else (self._roster().peers if rows else {})
-        live = {**live, self.info.name: self.peers}
+        live = {**self._live(), self.info.name: self.peers}
         gid = next(self.corr)
         gather = _Gather(ask, sender, {}, rows=rows)
         for node, peers in live.items():
             corr = next(self.corr)
             gather.waiting[corr] = node
             self.gather_of[corr] = gid
-            self.send(peers.runtime, Ask(corr, ListTasks(msg.namespace), self.myAddress))
+            self.send(peers.runtime, Ask(corr, ListTasks(), self.myAddress))
         self.gathers[gid] = gather
         self.wakeupAfter(GATHER_TIMEOUT, payload=("gather", gid))
 
@@ -376,13 +344,14 @@ class NodeActor(ContactorActor):
             return
         for corr in gather.waiting:
             self.gather_of.pop(corr, None)
-        answered = {t.node for t in gather.tasks}
-        ns = gather.ask.body.namespace
         for row in gather.rows:  # nodes that did not answer: their last known tasks, state unknown
-            if row.info.name not in answered:
-                gather.tasks += [dataclasses.replace(t, node=row.info.name, status="unknown") for t in row.tasks
-                                 if ns is None or t.namespace == ns]  # fmt: skip
-        tasks = sorted(gather.tasks, key=lambda t: (t.node, t.namespace, t.id))
+            if row.info.name not in gather.answered:
+                self.heard.heard(row.info.name, row.last_seen, row.tasks)
+                gather.tasks += [dataclasses.replace(t, node=row.info.name, status="unknown")
+                                 for t in self.heard.of(row.info.name)]  # fmt: skip
+        ns = gather.ask.body.namespace
+        tasks = sorted((t for t in gather.tasks if ns is None or t.namespace == ns),
+                       key=lambda t: (t.node, t.namespace, t.id))  # fmt: skip
         self.answer(gather.ask, gather.sender, TaskList(tuple(tasks)))
 
     def on_Answer(self, msg: Answer, sender: Any) -> None:
@@ -390,22 +359,30 @@ class NodeActor(ContactorActor):
             self.counting.discard(msg.corr)
             if isinstance(msg.body, TaskList):
                 self.tasks = msg.body.tasks
+            self._send_beat()
+            return
+        if msg.corr in self.pulls:
+            self._pulled(self.pulls.pop(msg.corr), msg.body)
             return
         gid = self.gather_of.pop(msg.corr, None)
         if gid is not None and gid in self.gathers:
             gather = self.gathers[gid]
             node = gather.waiting.pop(msg.corr)
             if isinstance(msg.body, TaskList):
+                self.heard.heard(node, time.time(), msg.body.tasks)
+                gather.answered.add(node)
                 gather.tasks += [dataclasses.replace(t, node=node) for t in msg.body.tasks]
             if not gather.waiting:
                 self._finish_gather(gid)
             return
         relayed = self.relayed.pop(msg.corr, None)
         if relayed is not None:
+            if isinstance(msg.body, TaskInfo):  # a task created there: known here even if its node dies now
+                old = [t for t in self.heard.of(relayed[2]) if (t.namespace, t.id) != (msg.body.namespace, msg.body.id)]
+                self.heard.heard(relayed[2], time.time(), (*old, msg.body))
             self.answer(relayed[0], relayed[1], msg.body)
 
-    def _fail_relayed(self, node: str) -> None:
-        for corr, (ask, sender, target) in list(self.relayed.items()):
-            if target == node:
-                del self.relayed[corr]
-                self.answer(ask, sender, ErrorReply("unavailable", f"node {node} was lost"))
+    def on_ActorExitRequest(self, msg: Any, sender: Any) -> None:
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None

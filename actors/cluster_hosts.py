@@ -122,10 +122,11 @@ def _config(host: Host, leaders: list[str], key_file: str, timings: dict[str, in
 
 
 def make(base: Path, n: int, leaders: int = 1, timings: dict[str, int] | None = None,
-         keys: dict[str, str] | None = None) -> Hosts:  # fmt: skip
+         keys: dict[str, str] | None = None, labels: dict[str, list[str]] | None = None) -> Hosts:  # fmt: skip
     """``n`` hosts named ``node1``..``nodeN``; the first ``leaders`` of them are the convention leaders.
 
-    ``keys`` maps a host name to a key file of its own instead of the cluster's.
+    ``keys`` maps a host name to a key file of its own instead of the cluster's; ``labels`` maps a
+    host name to its ``[cluster] labels`` (``["zone=b"]``).
     """
     if not 1 <= n <= 200 or not 1 <= leaders <= n:
         raise FailedPrecondition(f"cannot make {n} hosts with {leaders} leaders")
@@ -153,7 +154,8 @@ def make(base: Path, n: int, leaders: int = 1, timings: dict[str, int] | None = 
             Path(host.dir).mkdir(mode=0o700, exist_ok=True)
         leader_list = [f"{h.ip}:{ADMIN_PORT}" for h in hosts.hosts[:leaders]]
         for host in hosts.hosts:
-            text = _config(host, leader_list, (keys or {}).get(host.name, str(key_file)), timings or {}, "")
+            extra = f"labels = {json.dumps((labels or {}).get(host.name, []))}\n"
+            text = _config(host, leader_list, (keys or {}).get(host.name, str(key_file)), timings or {}, extra)
             host.config.write_text(text)
     except BaseException:
         destroy(base)
@@ -182,8 +184,24 @@ def destroy(base: Path) -> list[str]:
     with contextlib.suppress(Exception):
         if network.delete_bridge(hosts.bridge):
             removed.append(hosts.bridge)
+    removed += _unmount_under(base)
     shutil.rmtree(base, ignore_errors=True)
     return removed
+
+
+def _unmount_under(base: Path) -> list[str]:
+    """Unmount whatever is still mounted below ``base`` (a killed daemon's task rootfs): rmtree would
+    otherwise walk into a bind mount and delete the files of its source."""
+    from actors.mount import unmount_all
+
+    prefix = str(base.absolute()).rstrip("/") + "/"
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4].encode().decode("unicode_escape") for line in f]
+    under = sorted({p for p in points if p.startswith(prefix)}, key=len, reverse=True)
+    for point in under:
+        with contextlib.suppress(OSError):
+            unmount_all(point)
+    return under
 
 
 def daemon_of(host: Host, namespace: str = "default") -> Any:

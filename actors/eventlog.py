@@ -10,6 +10,7 @@ and misses nothing.  The log is bounded: the oldest entries beyond
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
@@ -41,6 +42,11 @@ class EventLog:
             "namespace TEXT NOT NULL, topic TEXT NOT NULL, event TEXT NOT NULL)"
         )
         self.db.execute("CREATE INDEX IF NOT EXISTS events_time ON events (timestamp)")
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(events)")}
+        if "node" not in columns:  # a log from before clustering: its events are this node's own
+            self.db.execute("ALTER TABLE events ADD COLUMN node TEXT NOT NULL DEFAULT ''")
+            self.db.execute("ALTER TABLE events ADD COLUMN origin_seq INTEGER NOT NULL DEFAULT 0")
+        self.db.execute("CREATE INDEX IF NOT EXISTS events_origin ON events (node, origin_seq)")
         # Keys of the envelopes that carry one (see Envelope.key), pruned with their events.
         self.db.execute("CREATE TABLE IF NOT EXISTS event_keys (key TEXT PRIMARY KEY, seq INTEGER NOT NULL)")
         row = self.db.execute("SELECT MAX(seq) FROM events").fetchone()
@@ -58,14 +64,15 @@ class EventLog:
         if env.key:
             row = self.db.execute("SELECT seq FROM event_keys WHERE key = ?", (env.key,)).fetchone()
             if row is not None:
-                return Envelope(env.timestamp, env.namespace, env.topic, env.event, int(row[0]), env.key), False
+                return dataclasses.replace(env, seq=int(row[0])), False
         seq = self.seq + 1
-        numbered = Envelope(env.timestamp, env.namespace, env.topic, env.event, seq, env.key)
+        numbered = dataclasses.replace(env, seq=seq)
         with self.db:  # one transaction: the event and its key, or neither
             self.db.execute("BEGIN")
             self.db.execute(
-                "INSERT INTO events (seq, timestamp, namespace, topic, event) VALUES (?, ?, ?, ?, ?)",
-                (seq, env.timestamp, env.namespace, env.topic, json.dumps(env.event)),
+                "INSERT INTO events (seq, timestamp, namespace, topic, event, node, origin_seq) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (seq, env.timestamp, env.namespace, env.topic, json.dumps(env.event), env.node, env.origin_seq),
             )
             if env.key:
                 self.db.execute("INSERT INTO event_keys (key, seq) VALUES (?, ?)", (env.key, seq))
@@ -74,6 +81,11 @@ class EventLog:
         if self._since_prune >= _PRUNE_EVERY:
             self.prune()
         return numbered, True
+
+    def origins(self) -> dict[str, int]:
+        """For each other node whose events were imported: the highest origin_seq logged."""
+        rows = self.db.execute("SELECT node, MAX(origin_seq) FROM events WHERE origin_seq > 0 GROUP BY node")
+        return {str(node): int(seq) for node, seq in rows}
 
     def prune(self) -> None:
         self._since_prune = 0
@@ -97,9 +109,12 @@ def check_since(seq: int, head: int, oldest: int | None) -> None:
         )
 
 
-def _envelope(row: tuple[int, float, str, str, str]) -> Envelope:
-    seq, ts, ns, topic, event = row
-    return Envelope(ts, ns, topic, json.loads(event), seq)
+_COLUMNS: Final = "seq, timestamp, namespace, topic, event, node, origin_seq"
+
+
+def _envelope(row: tuple[int, float, str, str, str, str, int]) -> Envelope:
+    seq, ts, ns, topic, event, node, origin_seq = row
+    return Envelope(ts, ns, topic, json.loads(event), seq, node, origin_seq)
 
 
 class LogReader:
@@ -137,7 +152,18 @@ class LogReader:
         """Up to ``limit`` envelopes after ``cursor``, oldest first."""
         try:
             rows = self._db().execute(
-                "SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (cursor, limit)
+                f"SELECT {_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (cursor, limit)
+            ).fetchall()
+        except (FileNotFoundError, sqlite3.OperationalError):
+            return []
+        return [_envelope(row) for row in rows]
+
+    def own_after(self, cursor: int, limit: int) -> list[Envelope]:
+        """Up to ``limit`` of this node's own envelopes (not imported ones) after ``cursor``, oldest first."""
+        try:
+            rows = self._db().execute(
+                f"SELECT {_COLUMNS} FROM events WHERE seq > ? AND origin_seq = 0 ORDER BY seq LIMIT ?",
+                (cursor, limit),
             ).fetchall()
         except (FileNotFoundError, sqlite3.OperationalError):
             return []

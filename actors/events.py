@@ -12,6 +12,7 @@ dead letter (the Supervisor tells us).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -28,6 +29,8 @@ from actors.messages import (
     Configure,
     Envelope,
     Follow,
+    Imported,
+    ImportEvents,
     Publish,
     Published,
     Ready,
@@ -50,7 +53,7 @@ def envelope(
 ) -> Envelope:
     if not namespace:
         raise FailedPrecondition("namespace is required")
-    return Envelope(time.time() if timestamp is None else timestamp, namespace, check_topic(topic), event, 0, key)
+    return Envelope(time.time() if timestamp is None else timestamp, namespace, check_topic(topic), event, key=key)
 
 
 class Exchange(ContactorActor):
@@ -60,6 +63,8 @@ class Exchange(ContactorActor):
         super().__init__(*args, **kwargs)
         self.followers: list[Any] = []
         self.log_: EventLog | None = None
+        self.node = ""  # clustered: this node's name, stamped on its own envelopes
+        self.origins: dict[str, int] = {}  # node -> highest origin_seq of its envelopes logged here
 
     def on_Configure(self, msg: Configure, sender: Any) -> None:
         if self.log_ is None:
@@ -67,6 +72,9 @@ class Exchange(ContactorActor):
             self.log_ = EventLog(
                 Path(msg.config.daemon.root) / "events.db", limits.max_entries, limits.max_age
             )
+            self.origins = self.log_.origins()
+            if msg.config.cluster.clustered:
+                self.node = msg.config.cluster.node_name
         self.send(sender, Ready(self.role, os.getpid()))
 
     def on_Publish(self, msg: Publish, sender: Any) -> None:
@@ -78,7 +86,19 @@ class Exchange(ContactorActor):
         """A client's own event (containerd's Events.Publish), acknowledged with its number."""
         return Published(self._publish(msg.envelope).seq)
 
+    def ask_ImportEvents(self, msg: ImportEvents, ask: Ask, sender: Any) -> Imported:
+        """Another node's envelopes, pulled by the NodeActor: each logged once, in its node's order."""
+        cursor = self.origins.get(msg.node, 0)
+        for env in msg.envelopes:
+            if env.node == msg.node and env.origin_seq > cursor:
+                self._publish(env)
+                cursor = env.origin_seq
+        self.origins[msg.node] = cursor
+        return Imported(msg.node, cursor)
+
     def _publish(self, envelope_: Envelope) -> Envelope:
+        if self.node and not envelope_.node:
+            envelope_ = dataclasses.replace(envelope_, node=self.node)
         # Logged (committed) before anyone is told: a late subscriber can always read it.
         if self.log_ is None:
             return envelope_

@@ -121,19 +121,25 @@ class Envelope:
     topic: str
     event: dict[str, Any]
     seq: int = 0  # given by the Exchange when it logs the envelope
+    node: str = ""  # the node it happened on (stamped by that node's Exchange when clustered)
+    origin_seq: int = 0  # its number in that node's log, when it was imported from another node
     # What makes it one event and not another (e.g. one process's exit): the log takes an
     # envelope whose key it already holds as a duplicate and drops it, so a publisher that
     # cannot know whether it got through (it died meanwhile) may simply publish it again.
     key: str = ""
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire = {
             "seq": self.seq,
             "timestamp": self.timestamp,
             "namespace": self.namespace,
             "topic": self.topic,
             "event": self.event,
         }
+        if self.node:
+            wire["node"] = self.node
+            wire["origin_seq"] = self.origin_seq or self.seq
+        return wire
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +175,25 @@ class Follow:
 @dataclass(frozen=True, slots=True)
 class Unfollow:
     follower: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ImportEvents:
+    """NodeActor -> Exchange: log these envelopes of ``node`` (each with its ``origin_seq``), in order.
+
+    The Exchange skips any whose origin_seq it already logged, so a batch pulled twice is logged once.
+    """
+
+    node: str
+    envelopes: tuple[Envelope, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Imported:
+    """The highest origin_seq of ``node`` now in the log (the puller's cursor)."""
+
+    node: str
+    cursor: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,6 +400,7 @@ class NodeInfo:
     memory: int
     runtimes: tuple[str, ...]
     leader: bool = False
+    free_memory: int = 0  # available bytes when the heartbeat was sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,11 +439,21 @@ class Roster:
 
 
 @dataclass(frozen=True, slots=True)
-class NodeEvent:
-    """A leader -> every live NodeActor: publish this node event (/nodes/join, /nodes/lost) locally."""
+class PullEvents:
+    """NodeActor -> another node's NodeActor: your own events after ``since`` (at most ``limit``)."""
 
-    topic: str
-    event: dict[str, Any]
+    node: str  # the puller's name (for logs)
+    since: int
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class EventBatch:
+    """The answer to PullEvents: envelopes that happened on ``node``, in its log's order; ``head`` is its last."""
+
+    node: str
+    envelopes: tuple[Envelope, ...]
+    head: int
 
 
 @dataclass(frozen=True, slots=True)
