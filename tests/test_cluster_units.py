@@ -198,7 +198,7 @@ def test_a_log_from_before_clustering_gets_the_new_columns(tmp_path: Path) -> No
     db.close()
     log = EventLog(tmp_path / "events.db")
     assert log.seq == 1 and log.origins() == {}
-    env = log.append(envelope("default", "/tasks/delete", {}))
+    env, _ = log.append(envelope("default", "/tasks/delete", {}))
     assert env.seq == 2
     reader = LogReader(tmp_path / "events.db")
     (old,) = reader.after(0, 1)
