@@ -323,7 +323,10 @@ def _serve_once(cfg: Config, state: Path, stop_r: int, stopping: list[int], log:
         # The runtime first: a create or delete under way ends and is published while the Exchange lives.
         drained = asys.ask(supervisor, Drain(), SHUTDOWN_TIMEOUT)
         if not isinstance(drained, Drained):
+            # Thespian's own shutdown would wait as long again for the same stuck actors. Killing
+            # the actor system leaves what a crash leaves, which a restore finishes: no less safe.
             log.warning("runtime_not_drained", reply=repr(drained))
+            return pgid
         asys.shutdown()
         return pgid
     except BaseException:
