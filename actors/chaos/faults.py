@@ -81,11 +81,12 @@ class Injector:
             return set(h["ready"]) >= ROLES
 
     def restored(self) -> bool:
-        """Every bundle on disk has its task listed again (a restore is complete)."""
+        """Every bundle on disk has its task listed again, none still ``restoring`` (a restore is complete)."""
         bundles = self.daemon.state / self.daemon.namespace
         on_disk = {p.name for p in bundles.iterdir() if not p.name.startswith(".")} if bundles.is_dir() else set()
         with self.daemon.client() as c:
-            return on_disk <= {t.id for t in c.list_tasks()}
+            listed = c.list_tasks()
+        return on_disk <= {t.id for t in listed} and all(t.status != "restoring" for t in listed)
 
     def _new_id(self) -> str:
         self.counter += 1
