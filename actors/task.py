@@ -41,6 +41,7 @@ from actors.bundle import delete_bundle, write_atomic
 from actors.cgroups import Host, detect, placement, remove_empty_parents, remove_task_cgroups
 from actors.errdefs import ContactorError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from actors.events import envelope
+from actors.ksm import mark_mergeable
 from actors.messages import (
     Answer,
     Ask,
@@ -149,6 +150,7 @@ class TaskActor(ContactorActor):
 
     # -- set-up -----------------------------------------------------------------------------------------
     def on_TaskSetup(self, msg: TaskSetup, sender: Any) -> None:
+        mark_mergeable()  # most of our private pages are copies of the RuntimeActor's: see actors.ksm
         self.setup, self.peers = msg, msg.peers
         self.log = self.log.bind(namespace=msg.namespace, id=msg.id)
         self.runtime_parent = sender
