@@ -127,15 +127,27 @@ class Ksmd:
 
 
 def ksm_settle(progress: Progress, scans: int = 2, timeout: float = 600) -> None:
-    """If ksmd runs, wait until it has scanned everything ``scans`` more times (merging is gradual)."""
+    """If ksmd runs, wait until it has scanned everything ``scans`` more times (merging is gradual).
+
+    ksmd sleeps, and counts no scans, while no process has a mergeable mapping: a scan
+    counter that has not moved for two seconds while nothing was scanned means that.
+    """
+
+    def read(name: str) -> int:
+        return int((KSM / name).read_text())
+
     try:
         if (KSM / "run").read_text().strip() != "1":
             return
-        start = int((KSM / "full_scans").read_text())
+        start, scanned, moved = read("full_scans"), read("pages_scanned"), time.monotonic()
     except OSError:
         return
     deadline = time.monotonic() + timeout
-    while int((KSM / "full_scans").read_text()) < start + scans and time.monotonic() < deadline:
+    while read("full_scans") < start + scans and time.monotonic() < deadline:
+        if read("pages_scanned") != scanned:
+            scanned, moved = read("pages_scanned"), time.monotonic()
+        elif time.monotonic() - moved > 2:
+            return
         progress(f"waiting for ksmd to scan everything {scans} times")
         time.sleep(0.5)
 
