@@ -75,7 +75,19 @@ def _receive(conn: socket.socket) -> tuple[list[str], int]:
 
 
 def _fork_shim(argv: list[str], ready_fd: int, keep: tuple[int, ...]) -> None:
-    """Fork; the child becomes a shim (whose main forks again and leaves: we reap the middle)."""
+    """Fork; the child becomes a shim (whose main forks again and leaves: we reap the middle).
+
+    The options are parsed here, before the fork, where argparse's code is warm after the
+    first shim; in each new shim it ran cold, for about 2 ms of every create.  Bad options
+    are left for the child to report, as before.
+    """
+    from actors.shim.__main__ import main, parse, run
+
+    argv = [*argv, "--ready-fd", "3"]
+    try:
+        args = parse(argv)
+    except SystemExit:
+        args = None
     pid = os.fork()
     if pid == 0:
         code = 1
@@ -88,9 +100,7 @@ def _fork_shim(argv: list[str], ready_fd: int, keep: tuple[int, ...]) -> None:
                 os.dup2(ready_fd, 3)
             os.closerange(4, 65536)
             mark_mergeable()  # a shim's private pages are mostly copies of the factory's: see actors.ksm
-            from actors.shim.__main__ import main
-
-            code = main([*argv, "--ready-fd", "3"])
+            code = main(argv) if args is None else run(args)
         finally:
             os._exit(code)
     os.waitpid(pid, 0)
