@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import gc
 import json
 import os
 import select
@@ -151,6 +152,10 @@ class TaskActor(ContactorActor):
     # -- set-up -----------------------------------------------------------------------------------------
     def on_TaskSetup(self, msg: TaskSetup, sender: Any) -> None:
         mark_mergeable()  # most of our private pages are copies of the RuntimeActor's: see actors.ksm
+        # Everything inherited from the RuntimeActor lives as long as we do: out of the collector's
+        # reach, or the first full collection (after a few thousand requests) writes to every
+        # object and turns each of their pages into our own copy (6.5 -> 13.6 MB, measured).
+        gc.freeze()
         self.setup, self.peers = msg, msg.peers
         self.log = self.log.bind(namespace=msg.namespace, id=msg.id)
         self.runtime_parent = sender
