@@ -13,12 +13,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -102,13 +99,24 @@ def _resources(a: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- stdio relay ------------------------------------------------------------------------------------------
+def _private_dir(base: Path, prefix: str) -> Path:
+    """A new directory of ours under ``base`` (tempfile.mkdtemp's job, without tempfile's import)."""
+    while True:
+        path = base / f"{prefix}{os.urandom(6).hex()}"
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        return path
+
+
 class _Relay:
     """FIFOs for a task's stdio in a private directory, copied to and from our own fds."""
 
     def __init__(self, state: Path, stdin: bool, terminal: bool) -> None:
         base = state / "fifo"
         base.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.dir = Path(tempfile.mkdtemp(prefix="io-", dir=base))
+        self.dir = _private_dir(base, "io-")
         self.terminal = terminal
         self.paths = {"stdout": str(self.dir / "stdout")}
         if not terminal:
@@ -157,7 +165,11 @@ class _Relay:
             t.join(max(0.0, deadline - time.monotonic()))
 
     def remove(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
+        for path in self.paths.values():
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        with contextlib.suppress(OSError):
+            os.rmdir(self.dir)
 
 
 @contextlib.contextmanager
@@ -203,6 +215,8 @@ class Commands:
 
     def out(self, obj: Any, text: Callable[[], None]) -> None:
         if self.args.json:
+            import json
+
             print(json.dumps(obj, default=str))
         else:
             text()
@@ -250,6 +264,8 @@ class Commands:
         info = self.client.get_container(self.args.id)
         tasks = [t for t in self.client.list_tasks() if t.id == self.args.id]
         info["task"] = _task_dict(tasks[0]) if tasks else None
+        import json
+
         print(json.dumps(info, indent=2, default=str))
         return 0
 
@@ -441,6 +457,8 @@ class Commands:
         return 0
 
     def events(self) -> int:
+        import json
+
         since_seq, since_time = _since(self.args.since)
         try:
             def lost(first: int, last: int) -> None:

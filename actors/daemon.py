@@ -279,6 +279,10 @@ def _serve_once(cfg: Config, state: Path, stop_r: int, stopping: list[int], log:
     # A cluster shares one key (cluster.key_file); a single node makes its own at first start.
     # Clustered, every port binds to (and the system advertises) the advertise address instead of loopback.
     bind_host = cfg.cluster.advertise_host if cfg.cluster.clustered else "127.0.0.1"
+    if cfg.network.mode == "bridge":
+        # Loaded here when every task gets a network, so all actors share it; otherwise the first
+        # bridge task loads it (actors.network.netlink_error).
+        import pyroute2  # noqa: F401
     secure(load_key(cfg.cluster.key_file or Path(cfg.daemon.root) / "transport.key"), bind_host=bind_host)
 
     started = time.monotonic()

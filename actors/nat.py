@@ -31,13 +31,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.nfnetlink.nftsocket import NFPROTO_IPV4
-from pyroute2.nftables.expressions import genex
-from pyroute2.nftables.main import NFTables
-
 from actors.errdefs import FailedPrecondition
 from actors.netopts import PortMapping
+from actors.network import netlink_error
 
 __all__ = ["table_name", "ensure", "publish", "unpublish", "delete_table", "rules", "MASQUERADE"]
 
@@ -67,10 +63,15 @@ def _data(value: bytes) -> dict[str, Any]:
 
 
 def _cmp(op: int, value: bytes) -> Any:
+    from pyroute2.nftables.expressions import genex
+
     return genex("cmp", {"sreg": 1, "op": op, "data": _data(value)})
 
 
 def _dnat(address: str, port: PortMapping) -> list[Any]:
+    from pyroute2.netlink.nfnetlink.nftsocket import NFPROTO_IPV4
+    from pyroute2.nftables.expressions import genex
+
     return [
         # fib daddr type local: the fib result ADDRTYPE is 3, which pyroute2 only spells as a flag set.
         genex("fib", {"dreg": 1, "result": {"NFT_FIB_RESULT_UNSPEC", "NFT_FIB_RESULT_OIF"}, "flags": _FIB_F_DADDR}),
@@ -86,6 +87,8 @@ def _dnat(address: str, port: PortMapping) -> list[Any]:
 
 
 def _masquerade(subnet: ipaddress.IPv4Network, bridge: str) -> list[Any]:
+    from pyroute2.nftables.expressions import genex
+
     return [
         genex("payload", {"dreg": 1, "base": _PAYLOAD_NETWORK, "offset": 12, "len": 4}),
         genex("bitwise", {"sreg": 1, "dreg": 1, "len": 4, "mask": _data(subnet.netmask.packed),
@@ -99,13 +102,17 @@ def _masquerade(subnet: ipaddress.IPv4Network, bridge: str) -> list[Any]:
 
 @contextmanager
 def _nft() -> Iterator[Any]:
+    # pyroute2 loads on first use: see actors.network.netlink_error.
+    from pyroute2.netlink.nfnetlink.nftsocket import NFPROTO_IPV4
+    from pyroute2.nftables.main import NFTables
+
     try:
         nft = NFTables(nfgen_family=NFPROTO_IPV4)
     except OSError as exc:
         raise FailedPrecondition(f"nftables is not available: {exc}") from None
     try:
         yield nft
-    except NetlinkError as exc:
+    except netlink_error() as exc:
         raise FailedPrecondition(f"nftables refused a change: {os.strerror(exc.code) if exc.code else exc}") from None
     finally:
         nft.close()
@@ -183,7 +190,7 @@ def delete_table(bridge: str) -> bool:
             return False
         try:
             nft.table("del", name=table)
-        except NetlinkError as exc:
+        except netlink_error() as exc:
             if exc.code == errno.ENOENT:
                 return False
             raise

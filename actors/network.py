@@ -26,12 +26,12 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Final, TypeVar
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from actors.errdefs import FailedPrecondition, Internal
+
+if TYPE_CHECKING:
+    from pyroute2.netlink.exceptions import NetlinkError
 
 __all__ = [
     "NETNS_DIR",
@@ -46,6 +46,7 @@ __all__ = [
     "link_exists",
     "bridge_ports",
     "netns_files",
+    "netlink_error",
 ]
 
 NETNS_DIR: Final = ".netns"  # hidden: never taken for a namespace of bundles by restore
@@ -82,8 +83,19 @@ def netns_files(state: str | os.PathLike[str]) -> Iterator[tuple[str, str, Path]
                     yield ns_dir.name, path.name, path
 
 
+def netlink_error() -> Any:  # pyroute2 is untyped
+    """pyroute2's error; pyroute2 itself (some 60 ms of imports, asyncio among them) loads on first use,
+    so a daemon that never builds a network never pays for it.  An ``except`` evaluates this only
+    when something was raised, by which time pyroute2 is loaded."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    return NetlinkError
+
+
 @contextmanager
 def _ipr() -> Iterator[Any]:
+    from pyroute2 import IPRoute
+
     try:
         ipr = IPRoute()
     except OSError as exc:
@@ -135,7 +147,7 @@ def ensure_bridge(name: str, gateway: ipaddress.IPv4Interface) -> None:
         if index is None:
             try:
                 ipr.link("add", ifname=name, kind="bridge")
-            except NetlinkError as exc:
+            except netlink_error() as exc:
                 if exc.code != errno.EEXIST:
                     raise _netlink(f"cannot create the bridge {name}", exc) from None
             index = _index(ipr, name)
@@ -147,7 +159,7 @@ def ensure_bridge(name: str, gateway: ipaddress.IPv4Interface) -> None:
             raise FailedPrecondition(f"network.bridge {name} exists and is not a bridge (it is a {kind})")
         try:
             ipr.addr("add", index=index, address=str(gateway.ip), prefixlen=gateway.network.prefixlen)
-        except NetlinkError as exc:
+        except netlink_error() as exc:
             if exc.code != errno.EEXIST:
                 raise _netlink(f"cannot give the bridge {name} its address {gateway}", exc) from None
         ipr.link("set", index=index, state="up")
@@ -236,7 +248,7 @@ def attach(netns: Path, bridge: str, host_if: str, address: ipaddress.IPv4Interf
                 raise FailedPrecondition(f"the bridge {bridge} does not exist")
             try:
                 ipr.link("add", ifname=host_if, kind="veth", peer={"ifname": CONTAINER_IFNAME, "net_ns_fd": fd})
-            except NetlinkError as exc:
+            except netlink_error() as exc:
                 raise _netlink(f"cannot create the veth pair {host_if}", exc) from None
             index = _index(ipr, host_if)
             if index is None:
@@ -257,7 +269,7 @@ def attach(netns: Path, bridge: str, host_if: str, address: ipaddress.IPv4Interf
 
         try:
             _in_thread(configure)
-        except NetlinkError as exc:
+        except netlink_error() as exc:
             raise _netlink(f"cannot configure {CONTAINER_IFNAME} in {netns}", exc) from None
         except OSError as exc:
             raise FailedPrecondition(str(exc)) from None
@@ -273,7 +285,7 @@ def detach(host_if: str) -> bool:
             return False
         try:
             ipr.link("del", index=index)
-        except NetlinkError as exc:
+        except netlink_error() as exc:
             if exc.code == errno.ENODEV:
                 return False
             raise _netlink(f"cannot delete the link {host_if}", exc) from None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import json
 import os
 import shutil
@@ -27,6 +28,7 @@ from actors._task_base import DEAD_SHIM_STATUS, STATE_FILE_SIZE, live_shim
 from actors._task_restore import TaskRestore
 from actors.bundle import write_atomic
 from actors.errdefs import ContactorError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from actors.ksm import mark_mergeable
 from actors.messages import (
     Answer,
     Ask,
@@ -68,6 +70,11 @@ class TaskActor(TaskRestore):
 
     # -- set-up -----------------------------------------------------------------------------------------
     def on_TaskSetup(self, msg: TaskSetup, sender: Any) -> None:
+        mark_mergeable()  # most of our private pages are copies of the RuntimeActor's: see actors.ksm
+        # Everything inherited from the RuntimeActor lives as long as we do: out of the collector's
+        # reach, or the first full collection (after a few thousand requests) writes to every
+        # object and turns each of their pages into our own copy (6.5 -> 13.6 MB, measured).
+        gc.freeze()
         self.setup, self.peers = msg, msg.peers
         self.log = self.log.bind(namespace=msg.namespace, id=msg.id)
         self.runtime_parent = sender

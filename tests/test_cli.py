@@ -89,6 +89,7 @@ def test_attached_stdio_round_trip(daemon: Daemon, rootfs: str) -> None:
     r = contactor(daemon, "run", "--rm", "-i", "--rootfs", str(rootfs), "io1", "/bin/sh", "-c",
                   "cat; echo done >&2", input="line one\nline two\n")  # fmt: skip
     assert (r.returncode, r.stdout, r.stderr) == (0, "line one\nline two\n", "done\n")
+    assert not list((daemon.state / "fifo").iterdir()), "the stdio FIFOs and their directory are removed"
 
 
 @pytest.mark.parametrize(

@@ -118,6 +118,25 @@ def test_shim_sigkill_gives_one_exit_and_one_delete_and_leaves_nothing(daemon: D
     rec.close()
 
 
+def _has_mergeable_heap(pid: int) -> bool:
+    smaps = Path(f"/proc/{pid}/smaps").read_text().split("\n")
+    heap = next(i for i, line in enumerate(smaps) if line.endswith("[heap]"))
+    flags = next(line for line in smaps[heap:] if line.startswith("VmFlags:"))
+    return " mg" in flags
+
+
+def test_task_actor_and_shim_memory_is_mergeable_and_the_container_is_not(
+    daemon: Daemon, rootfs: Path
+) -> None:
+    with daemon.client() as c:
+        pid = run(c, rootfs, "merge", ["/bin/sleep", "1000"])
+        task = next(t for t in c.list_tasks() if t.id == "merge")
+        assert _has_mergeable_heap(task.actor_pid) and _has_mergeable_heap(task.shim_pid)
+        container = Path(f"/proc/{pid}/smaps").read_text()
+        assert " mg" not in container, "no container page may be merged with ours"
+        c.delete_task("merge", force=True)
+
+
 def test_a_killed_task_actor_is_replaced_and_the_container_does_not_notice(
     daemon: Daemon, rootfs: Path
 ) -> None:

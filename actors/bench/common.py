@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 REPO = Path(__file__).resolve().parent.parent.parent
 
@@ -96,6 +97,59 @@ def remove_cgroup(path: str) -> None:
                     sub.rmdir()
         with contextlib.suppress(OSError):
             top.rmdir()
+
+
+KSM = Path("/sys/kernel/mm/ksm")
+
+
+class Ksmd:
+    """ksmd on for the run (``--ksm``), scanning fast enough to settle within a figure; restored after.
+
+    contactor marks its TaskActors' and shims' memory mergeable (actors/ksm.py); whether
+    the kernel merges it is the host's setting, so the benchmark only turns it on when asked.
+    """
+
+    SETTINGS: ClassVar[dict[str, str]] = {"pages_to_scan": "2000", "sleep_millisecs": "20", "run": "1"}
+
+    def __init__(self) -> None:
+        self.saved: dict[str, str] = {}
+
+    def __enter__(self) -> Ksmd:
+        for name, value in self.SETTINGS.items():
+            self.saved[name] = (KSM / name).read_text().strip()
+            (KSM / name).write_text(value)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name in reversed(list(self.saved)):
+            with contextlib.suppress(OSError):
+                (KSM / name).write_text(self.saved[name])
+
+
+def ksm_settle(progress: Progress, scans: int = 2, timeout: float = 600) -> None:
+    """If ksmd runs, wait until it has scanned everything ``scans`` more times (merging is gradual).
+
+    ksmd sleeps, and counts no scans, while no process has a mergeable mapping: a scan
+    counter that has not moved for two seconds while nothing was scanned means that.
+    """
+
+    def read(name: str) -> int:
+        return int((KSM / name).read_text())
+
+    try:
+        if (KSM / "run").read_text().strip() != "1":
+            return
+        start, scanned, moved = read("full_scans"), read("pages_scanned"), time.monotonic()
+    except OSError:
+        return
+    deadline = time.monotonic() + timeout
+    while read("full_scans") < start + scans and time.monotonic() < deadline:
+        if read("pages_scanned") != scanned:
+            scanned, moved = read("pages_scanned"), time.monotonic()
+        elif time.monotonic() - moved > 2:
+            return
+        progress(f"waiting for ksmd to scan everything {scans} times")
+        time.sleep(0.5)
 
 
 class Progress:

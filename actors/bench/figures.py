@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from actors.bench.common import Progress, Samples
+from actors.bench.common import Progress, Samples, ksm_settle
 
 FIGURES = ("run_cli", "run_client", "concurrent", "memory", "death", "restart", "ls")
 
@@ -128,6 +128,7 @@ class Runner:
             s.shrink()
 
     def memory(self, level: int, grown: list[tuple[str, Any]]) -> None:
+        ksm_settle(self.progress)
         for i in range(3):
             for name, s in grown:
                 self.progress(f"memory @{level}: sample {i + 1}/3 {name}")

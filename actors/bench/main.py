@@ -14,12 +14,15 @@ Figures (ratios are contactor/peer, p50 of the same run):
   5 death       shim SIGKILL -> /tasks/exit seen by a subscriber (ctr events)
   6 restart     daemon restart with 10 and 100 containers running -> all listed (ctr tasks ls)
   7 ls          `tasks ls` with 500 containers running, CLI and client (ctr tasks ls)
+--ksm turns the kernel's samepage merging on for the run (contactor marks its per-container
+processes' memory mergeable; the host decides whether ksmd runs) and restores it after.
 --quick uses small sizes (concurrency 5/10, memory 0/5, restart 5, ls 50) and 5 runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import json
 import os
@@ -33,9 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from actors.bench import report
-from actors.bench.common import REPO, Progress, Samples, cmdline, pids, remove_cgroup
+from actors.bench.common import KSM, REPO, Ksmd, Progress, Samples, cmdline, pids, remove_cgroup
 from actors.bench.figures import FIGURES, FULL, QUICK, Runner, parse_only
 from actors.cgroups import remove_empty_parents
+from actors.ksm import running
 
 
 def install_containerd(progress: Progress) -> None:
@@ -88,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--with-containerd", action="store_true", help="apt-get install containerd if it is missing"
     )
+    p.add_argument("--ksm", action="store_true", help="turn the kernel's samepage merging on for the run "
+                                                     "(restored after); memory figures wait for its scans")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="small sizes, so a run takes about two minutes")
     args = p.parse_args(argv)
     try:
@@ -97,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = args.runs or (5 if args.quick else 20)
     if os.geteuid() != 0 or runs < 1:
         p.error("run as root, with --runs >= 1")
+    if args.ksm and not (KSM / "run").exists():
+        p.error(f"--ksm: this kernel has no samepage merging ({KSM} is missing)")
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # cleans up as Ctrl-C does
     progress = Progress()
     if args.with_containerd and not (shutil.which("containerd") and shutil.which("ctr")):
@@ -112,10 +120,17 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_start": os.getloadavg(), "started": time.time(),
         "runc": _version(["runc", "--version"]), "containerd": _version(["containerd", "--version"]),
     }  # fmt: skip
+    ksmd = Ksmd() if args.ksm else contextlib.nullcontext()
     try:
+        ksmd.__enter__()
+        meta["ksm"] = running()
         from actors.bench.contactor import Contactor
         from actors.bench.peers import Containerd, Runc
 
+        # What an installed contactor runs: bytecode, not source compiled afresh by every CLI process
+        # (which PYTHONDONTWRITEBYTECODE would otherwise make it do, for about 16 ms of each run).
+        progress("compiling contactor's bytecode")
+        compileall.compile_dir(str(REPO / "actors"), quiet=1)
         progress("building the busybox rootfs")
         rootfs = work / "rootfs"
         subprocess.run([str(REPO / "scripts" / "mkrootfs"), str(rootfs)], check=True, capture_output=True)
@@ -133,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the cleanup short
             signal.signal(sig, signal.SIG_IGN)
+        ksmd.__exit__(None, None, None)
         for name in reversed(list(systems)):
             progress(f"cleaning up {name}")
             try:
@@ -154,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report.as_json(samples, meta), indent=1))
     else:
         print(f"# {meta['cpus']} CPUs, load average {meta['loadavg_start'][0]:.2f} at the start and "
-              f"{meta['loadavg_end'][0]:.2f} at the end; {runs} runs; {meta['seconds']:.0f} s")  # fmt: skip
+              f"{meta['loadavg_end'][0]:.2f} at the end; {runs} runs; {meta['seconds']:.0f} s; "
+              f"KSM {'on' if meta.get('ksm') else 'off'}")  # fmt: skip
         print(report.table(samples))
         goals = report.goals_table(samples)
         if goals:

@@ -30,7 +30,7 @@ from actors.shim.reaper import Reaper
 from actors.shim.server import ShimServer
 from actors.shim.service import ShimService
 
-__all__ = ["main"]
+__all__ = ["main", "parse", "run"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -100,8 +100,17 @@ def _setup(args: argparse.Namespace) -> tuple[ShimService, ShimServer, Reaper, A
     return service, server, reaper, log, wakeup_fd, files
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The shim's options (exits with status 2 on bad ones, as argparse does)."""
+    return _parser().parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    return run(parse(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Be the shim for the parsed ``args`` until it is told to stop; its exit status."""
     if args.ready_fd >= 0:
         os.set_inheritable(args.ready_fd, False)
     if not args.no_detach:
