@@ -111,6 +111,9 @@ class TaskBase(ContactorActor):
         self.closing = False  # we are deleting or shutting the shim down ourselves
         # The envelope whose commit to the log the cleanup waits for, and what then follows.
         self.commit_wait: tuple[str, Callable[[], None]] | None = None
+        # Meanwhile: the task's exit (what requests are answered with) and deletes held till it is gone.
+        self.final_exit: dict[str, Any] = {}
+        self.parked: list[tuple[Ask, Any]] = []
         self.gone = False
         self.runtime_parent: Any = None  # the RuntimeActor that sent TaskSetup
 
@@ -254,6 +257,9 @@ class TaskBase(ContactorActor):
         assert setup is not None
         self.gone = True
         self.watched = []
+        for ask, sender in self.parked:  # deletes that came while it was being removed: it is
+            self.answer(ask, sender, TaskReply(dict(self.final_exit)))
+        self.parked = []
         self.send(self.runtime_parent, TaskGone(setup.namespace, setup.id, reason, reply_to, answer, respawn))
         self.send(self.myAddress, ActorExitRequest())
 
@@ -276,9 +282,14 @@ class TaskBase(ContactorActor):
         env = envelope(setup.namespace, topic, event, timestamp, key)
         self.send(peers.monitor, Publish(env, self.myAddress if ack else None))
 
-    def _after_commit(self, key: str, then: Callable[[], None]) -> None:
-        """Run ``then`` once the envelope ``key`` is in the log (or after COMMIT_WAIT without word)."""
+    def _after_commit(self, key: str, then: Callable[[], None], final_exit: dict[str, Any]) -> None:
+        """Run ``then`` once the envelope ``key`` is in the log (or after COMMIT_WAIT without word).
+
+        Until then the shim is gone but the task is still listed: requests are answered from
+        ``final_exit`` (see TaskActor._while_finishing), a delete once the task is gone.
+        """
         self.commit_wait = (key, then)
+        self.final_exit = {k: final_exit.get(k) for k in ("pid", "exit_status", "exited_at")}
         self.wakeupAfter(COMMIT_WAIT, payload="commit_wait")
 
     def on_Committed(self, msg: Committed, sender: Any) -> None:

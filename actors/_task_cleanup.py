@@ -104,8 +104,7 @@ class TaskCleanup(TaskEvents):
             envelopes = []
             if not never_ran:  # the log drops it if this process's exit is there already
                 envelopes.append(envelope(setup.namespace, "/tasks/exit", event, key=self._key("exit", "", pid)))
-                self.state["exit_published"] = True
-                self._save_state()
+            # Nothing to put on record first (no fsync on this path): a restore publishes it again.
             self._stop_monitor(tuple(envelopes))
             self._answer_waiters("", event)
 
@@ -144,7 +143,7 @@ class TaskCleanup(TaskEvents):
             return
         # The bundle goes only once the delete is in the log (see _finish_delete).
         key = self._key("delete")
-        self._after_commit(key, rest)
+        self._after_commit(key, rest, event)
         self._publish("/tasks/delete", {**event, "id": ""}, key=key, ack=True)
 
     def _abandon_create(self) -> None:
@@ -183,5 +182,5 @@ class TaskCleanup(TaskEvents):
 
         # The bundle goes only once the delete is in the log: a daemon dying before that leaves the
         # bundle, and the restored task publishes it again (the log drops a second copy).
-        self._after_commit(key, rest)
+        self._after_commit(key, rest, result)
         self._stop_monitor((envelope(self.setup.namespace, "/tasks/delete", event, key=key),), ack=True)

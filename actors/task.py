@@ -33,6 +33,7 @@ from actors.messages import (
     Answer,
     Ask,
     CreateTask,
+    ErrorReply,
     TaskReady,
     TaskReply,
     TaskRequest,
@@ -175,6 +176,8 @@ class TaskActor(TaskRestore):
 
     # -- requests -------------------------------------------------------------------------------------------
     def ask_TaskRequest(self, msg: TaskRequest, ask: Ask, sender: Any) -> Any:
+        if self.commit_wait is not None and not self.gone:
+            return self._while_finishing(msg, ask, sender)
         if self.client is None or self.gone:
             raise Unavailable(f"task {msg.id} is not available")
         op, params = msg.op, dict(msg.params)
@@ -221,6 +224,20 @@ class TaskActor(TaskRestore):
             return TaskReply(result)
         raise InvalidArgument(f"unknown task operation {op!r}")
 
+    def _while_finishing(self, msg: TaskRequest, ask: Ask, sender: Any) -> TaskReply | None:
+        """A task whose shim is gone (deleted, or dead) and whose removal waits for its delete event."""
+        exec_id = str(msg.params.get("exec_id", ""))
+        if exec_id:
+            raise NotFound(f"exec process {exec_id!r} does not exist")
+        if msg.op == "state":
+            return TaskReply({**self.final_exit, "status": "stopped"})
+        if msg.op == "wait":
+            return TaskReply(dict(self.final_exit))
+        if msg.op == "delete":
+            self.parked.append((ask, sender))  # answered as the task goes
+            return None
+        raise FailedPrecondition(f"task {msg.id} has stopped and is being removed")
+
     def _delete(self, params: dict[str, Any], exec_id: str, ask: Ask, sender: Any) -> TaskReply | None:
         assert self.client is not None and self.setup is not None
         if exec_id:
@@ -250,4 +267,7 @@ class TaskActor(TaskRestore):
     def on_ActorExitRequest(self, msg: Any, sender: Any) -> None:
         # Stopping the daemon never touches shims or containers: only let go of the connection.
         self._fail_waiters("the daemon is stopping")
+        for ask, parked_by in self.parked:
+            self.answer(ask, parked_by, ErrorReply("unavailable", "the daemon is stopping"))
+        self.parked = []
         self._close_fds()

@@ -468,3 +468,32 @@ def test_a_stopping_daemon_does_not_replace_the_task_actors_its_shutdown_takes_d
         for i in range(3):
             c.delete_task(f"s{i}", force=True)
     nothing_left(daemon, "s0", "s1", "s2")
+
+
+def test_requests_while_a_dead_shims_task_is_being_removed_get_its_exit(daemon: Daemon, rootfs: Path) -> None:
+    with daemon.client() as c:
+        pid = run(c, rootfs, "dying", SLEEPER)
+        shim = task(c, "dying").shim_pid
+        exchange = int(c.health()["pids"]["exchange"])
+    # With the Exchange stopped the cleanup waits for its /tasks/delete to be logged, task still listed.
+    os.kill(exchange, signal.SIGSTOP)
+    try:
+        os.kill(shim, signal.SIGKILL)
+        with daemon.client() as c:
+            wait_for(lambda: not pid_alive(pid), 30, "the container killed by the cleanup")
+            time.sleep(0.5)
+            assert task(c, "dying") is not None, "still listed while its delete is on its way"
+            assert c.state("dying")["status"] == "stopped" and c.state("dying")["exit_status"] == 137
+            assert c.wait("dying", timeout=10)["exit_status"] == 137
+        deleting, out = in_thread(daemon, lambda c: c.delete_task("dying"))
+        time.sleep(0.5)
+        assert deleting.is_alive(), "the delete is answered once the task is gone"
+    finally:
+        os.kill(exchange, signal.SIGCONT)
+    deleting.join(30)
+    assert out["result"]["exit_status"] == 137
+    with daemon.client() as c:
+        assert task(c, "dying") is None
+    assert final_topics(daemon, "dying") == [("/tasks/create", None), ("/tasks/start", None), ("/tasks/exit", 137),
+                                       ("/tasks/delete", 137)]  # fmt: skip
+    nothing_left(daemon, "dying")
