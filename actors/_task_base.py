@@ -257,10 +257,11 @@ class TaskBase(ContactorActor):
         assert setup is not None
         self.gone = True
         self.watched = []
-        for ask, sender in self.parked:  # deletes that came while it was being removed: it is
-            self.answer(ask, sender, TaskReply(dict(self.final_exit)))
+        # Deletes that came while it was being removed: answered, like the first, once it is out of the table.
+        also = tuple((ask.reply_to or sender, Answer(ask.corr, TaskReply(dict(self.final_exit))))
+                     for ask, sender in self.parked)  # fmt: skip
         self.parked = []
-        self.send(self.runtime_parent, TaskGone(setup.namespace, setup.id, reason, reply_to, answer, respawn))
+        self.send(self.runtime_parent, TaskGone(setup.namespace, setup.id, reason, reply_to, answer, respawn, also))
         self.send(self.myAddress, ActorExitRequest())
 
     def _close_fds(self) -> None:

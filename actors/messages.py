@@ -376,6 +376,8 @@ class TaskGone:
     reply_to: Any = None
     answer: Any = None
     respawn: Respawn | None = None
+    # Other answers to forward the same way: deletes that came while the task was being removed.
+    also: tuple[tuple[Any, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -339,6 +339,8 @@ class RuntimeActor(ContactorActor):
                 self.wakeupAfter(msg.respawn.delay, payload=("respawn", msg.namespace, msg.id))
         if msg.reply_to is not None and msg.answer is not None:
             self.send(msg.reply_to, msg.answer)
+        for reply_to, answer in msg.also:
+            self.send(reply_to, answer)
 
     def on_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
         if self.exiting:  # the shutdown takes its TaskActors down: none is to be replaced
