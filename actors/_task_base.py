@@ -135,11 +135,12 @@ class TaskBase(ContactorActor):
         return str(Path(self.setup.config.runtime_root) / self.setup.namespace)
 
     def _save_state(self) -> None:
-        """task.json: what was published (so a restored TaskActor never publishes it again).
+        """task.json: what a restored TaskActor needs (the last shim event handled, whether the
+        create was announced, the restart policy and count).
 
         Kept at a page or more (JSON ignores the trailing blanks), so that on a full state
         filesystem, where the atomic rename cannot get a new file, the old copy is
-        overwritten in place: forgetting what was published would publish it twice.
+        overwritten in place: forgetting the last event handled would hand it over again.
         """
         path = self.bundle / "task.json"
         data = json.dumps(self.state).encode()
@@ -313,7 +314,8 @@ class TaskBase(ContactorActor):
                          *(str(p) for p in parts)])  # fmt: skip
 
     def _exit_envelope(self, st: dict[str, Any]) -> Envelope:
-        """The init's /tasks/exit as the shim's state tells it (for a restore to publish again)."""
+        """The init's /tasks/exit from its pid, exit_status and exited_at (a shim's exit event or state,
+        or what a dead shim left): one shape and one key wherever it is published from."""
         setup = self.setup
         assert setup is not None
         record = {"container_id": setup.id, "id": setup.id, "pid": st["pid"], "exit_status": st["exit_status"],

@@ -103,7 +103,7 @@ class TaskCleanup(TaskEvents):
             told.append(True)
             envelopes = []
             if not never_ran:  # the log drops it if this process's exit is there already
-                envelopes.append(envelope(setup.namespace, "/tasks/exit", event, key=self._key("exit", "", pid)))
+                envelopes.append(self._exit_envelope(event))
             # Nothing to put on record first (no fsync on this path): a restore publishes it again.
             self._stop_monitor(tuple(envelopes))
             self._answer_waiters("", event)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from actors._task_restart import TaskRestarts
-from actors.events import envelope
 
 
 class TaskEvents(TaskRestarts):
@@ -29,17 +28,15 @@ class TaskEvents(TaskRestarts):
             return  # already handled before a restart
         if kind == "exit":
             is_init = data.get("id") == setup.id
-            record = {"container_id": setup.id, "id": data.get("id"), "pid": data.get("pid"),
-                      "exit_status": data.get("exit_status"), "exited_at": data.get("exited_at")}  # fmt: skip
             if is_init:
-                exit_env = envelope(setup.namespace, "/tasks/exit", record, data.get("exited_at"),
-                                    key=self._key("exit", "", data.get("pid")))  # fmt: skip
-                self._stop_monitor((exit_env,))
+                self._stop_monitor((self._exit_envelope(data),))
                 self.state["exit_published"] = True
                 self._update_info(status="stopped", exit_status=int(data.get("exit_status", -1)),
                                   exited_at=float(data.get("exited_at", 0.0)))  # fmt: skip
                 self._consider_restart(int(data.get("exit_status", -1)), float(data.get("exited_at", 0.0)))
             else:
+                record = {"container_id": setup.id, "id": data.get("id"), "pid": data.get("pid"),
+                          "exit_status": data.get("exit_status"), "exited_at": data.get("exited_at")}  # fmt: skip
                 self._publish("/tasks/exit", record, timestamp=data.get("exited_at"),
                               key=self._key("exit", data.get("id"), data.get("pid")))  # fmt: skip
             self._answer_waiters("" if is_init else str(data.get("id")), data)

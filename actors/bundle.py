@@ -30,14 +30,19 @@ def bundle_path(state_dir: str | os.PathLike[str], namespace: str, cid: str) -> 
     return Path(state_dir) / validate_namespace(namespace) / validate(cid, "container id")
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
-    """Write a file so that readers see the old content or the new one, never a part."""
+def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600, sync: bool = True) -> None:
+    """Write a file so that readers see the old content or the new one, never a part.
+
+    ``sync=False`` skips the fsync: for a file whose loss in a power cut leaves a state
+    that is true anyway (see TaskActor's task.json reservation).
+    """
     path = os.fspath(path)
     tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
     try:
         os.write(fd, data)
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.rename(tmp, path)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["starttime", "pid_file_line", "read_pid_file", "is_alive_process", "wait_exit"]
+__all__ = ["starttime", "pid_file_line", "read_pid_file", "is_alive_process", "is_stopped", "wait_exit"]
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -47,6 +47,12 @@ def is_alive_process(pid: int, start: int) -> bool:
     if not fields or len(fields) <= 19 or fields[0] in ("Z", "X"):
         return False
     return start == 0 or int(fields[19]) == start
+
+
+def is_stopped(pid: int) -> bool:
+    """True if ``pid`` is stopped by a signal (SIGSTOP and the like) or by a tracer."""
+    fields = _stat(pid)
+    return fields is not None and len(fields) > 0 and fields[0] in ("T", "t")
 
 
 def wait_exit(pid: int, timeout: float) -> bool:

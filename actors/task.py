@@ -92,10 +92,11 @@ class TaskActor(TaskRestore):
         stdio = ask.body.stdio
         try:
             # task.json exists before anything can be published, so that what is published can
-            # always be put on record (a full state fs refuses the create here, not later).
+            # always be put on record (a full state fs refuses the create here, not later). No
+            # fsync on the create path: lost in a power cut, it means "not announced", which is true.
             write_atomic(self.bundle / "task.json",
                          json.dumps({"reserved": True, "created_at": self.state["created_at"]}).encode()
-                         .ljust(STATE_FILE_SIZE))  # fmt: skip
+                         .ljust(STATE_FILE_SIZE), sync=False)  # fmt: skip
             self._setup_network()
             factory = Path(cfg.daemon.state) / "shim-factory.sock"
             handle = start_shim(

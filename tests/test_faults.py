@@ -59,6 +59,10 @@ def task(c: Client, cid: str) -> Any:
     return next((t for t in c.list_tasks() if t.id == cid), None)
 
 
+# The events of a task that was created, started, SIGKILLed (or lost its shim) and deleted: each once.
+KILLED_LIFE = [("/tasks/create", None), ("/tasks/start", None), ("/tasks/exit", 137), ("/tasks/delete", 137)]
+
+
 def topics(d: Daemon, cid: str) -> list[tuple[str, Any]]:
     return [(e["topic"], e["event"].get("exit_status")) for e in collect_events(d, d.namespace)
             if e["event"].get("container_id") == cid]  # fmt: skip
@@ -121,8 +125,7 @@ def test_a_stopped_shim_is_not_taken_for_dead_and_serves_again_once_continued(
         assert c.wait("frozen", timeout=30)["exit_status"] == 137
         c.delete_task("frozen")
         c.delete_task("other", force=True)
-    assert final_topics(daemon, "frozen") == [("/tasks/create", None), ("/tasks/start", None), ("/tasks/exit", 137),
-                                        ("/tasks/delete", 137)]  # fmt: skip
+    assert final_topics(daemon, "frozen") == KILLED_LIFE
     nothing_left(daemon, "frozen", "other")
 
 
@@ -148,8 +151,7 @@ def test_a_task_whose_shim_is_stopped_across_a_daemon_restart_stays_listed_and_i
         c.kill("frozen", 9)
         assert c.wait("frozen", timeout=30)["exit_status"] == 137
         c.delete_task("frozen")
-    assert final_topics(daemon, "frozen") == [("/tasks/create", None), ("/tasks/start", None), ("/tasks/exit", 137),
-                                        ("/tasks/delete", 137)]  # fmt: skip
+    assert final_topics(daemon, "frozen") == KILLED_LIFE
     nothing_left(daemon, "frozen")
 
 
@@ -172,8 +174,7 @@ def test_a_daemon_restart_during_a_create_ends_with_a_listed_manageable_task(
         c.kill("mid", 9)
         assert c.wait("mid", timeout=30)["exit_status"] == 137
         c.delete_task("mid")
-    assert final_topics(wrapped, "mid") == [("/tasks/create", None), ("/tasks/start", None), ("/tasks/exit", 137),
-                                      ("/tasks/delete", 137)]  # fmt: skip
+    assert final_topics(wrapped, "mid") == KILLED_LIFE
     nothing_left(wrapped, "mid")
 
 
@@ -214,8 +215,7 @@ def test_a_daemon_restart_during_a_delete_finishes_the_delete(
     with wrapped.client() as c:
         wait_for(lambda: task(c, "dying") is None, 30, "the task to go")
         assert [r["id"] for r in c.list_containers()] == ["dying"], "the record survives"
-    assert final_topics(wrapped, "dying") == [("/tasks/create", None), ("/tasks/start", None), ("/tasks/exit", 137),
-                                        ("/tasks/delete", 137)]  # fmt: skip
+    assert final_topics(wrapped, "dying") == KILLED_LIFE
     nothing_left(wrapped, "dying")
 
 
@@ -320,8 +320,7 @@ def test_a_full_state_filesystem_refuses_creates_cleanly_and_spares_running_task
             assert c.create_task("new").pid > 0  # room again: creates go through
             c.delete_task("new")
         nothing_left(d, "keep", "new")
-        assert final_topics(d, "keep") == [("/tasks/create", None), ("/tasks/start", None), ("/tasks/exit", 137),
-                                           ("/tasks/delete", 137)]  # fmt: skip
+        assert final_topics(d, "keep") == KILLED_LIFE
 
 
 def test_a_container_that_forks_a_hundred_children_and_exits_reports_its_own_status(
@@ -429,8 +428,7 @@ def test_an_exit_and_a_delete_on_their_way_to_the_log_when_the_daemon_dies_are_l
     deleting.join(60)
     with daemon.client() as c:
         wait_for(lambda: task(c, "late") is None, 30, "the delete finished by the restored task")
-    assert final_topics(daemon, "late") == [("/tasks/create", None), ("/tasks/start", None), ("/tasks/exit", 137),
-                                      ("/tasks/delete", 137)]  # fmt: skip
+    assert final_topics(daemon, "late") == KILLED_LIFE
     nothing_left(daemon, "late")
 
 
@@ -494,6 +492,5 @@ def test_requests_while_a_dead_shims_task_is_being_removed_get_its_exit(daemon: 
     assert out["result"]["exit_status"] == 137
     with daemon.client() as c:
         assert task(c, "dying") is None
-    assert final_topics(daemon, "dying") == [("/tasks/create", None), ("/tasks/start", None), ("/tasks/exit", 137),
-                                       ("/tasks/delete", 137)]  # fmt: skip
+    assert final_topics(daemon, "dying") == KILLED_LIFE
     nothing_left(daemon, "dying")

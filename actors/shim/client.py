@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from actors.errdefs import Unavailable, from_category
-from actors.procs import is_alive_process, read_pid_file
+from actors.procs import is_alive_process, is_stopped, read_pid_file
 from actors.shim import protocol
 
 __all__ = ["ShimClient", "ShimHandle", "start_shim", "DEFAULT_SHIM", "CALL_TIMEOUT"]
@@ -151,16 +151,6 @@ def _read_line(fd: int, timeout: float) -> str:
     return data.decode(errors="replace").strip()
 
 
-def _stopped(pid: int) -> bool:
-    """Whether ``pid`` is stopped by a signal (or traced): a shim that cannot answer before SIGCONT."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] in (b"T", b"t")
-
-
 class _Pending:
     __slots__ = ("event", "reply")
 
@@ -260,7 +250,7 @@ class ShimClient:
             raise Unavailable(f"shim connection lost: {exc}") from None
         deadline = time.monotonic() + timeout
         while not pending.event.wait(min(STOPPED_CHECK, max(0.0, deadline - time.monotonic()))):
-            stopped = _stopped(self.peer_pid)
+            stopped = is_stopped(self.peer_pid)  # it cannot answer before SIGCONT
             if stopped or time.monotonic() >= deadline:
                 with self._lock:
                     self._pending.pop(req_id, None)
