@@ -273,6 +273,7 @@ def _serve_once(cfg: Config, state: Path, stop_r: int, stopping: list[int], log:
 
     from actors.messages import Boot, Booted, Drain, Drained
     from actors.supervisor import Supervisor
+    from actors.thespian_tuning import tune
     from actors.transport import load_key, secure
 
     # Before the system starts: the admin and every actor are forked from here and inherit it.
@@ -284,6 +285,7 @@ def _serve_once(cfg: Config, state: Path, stop_r: int, stopping: list[int], log:
         # bridge task loads it (actors.network.netlink_error).
         import pyroute2  # noqa: F401
     secure(load_key(cfg.cluster.key_file or Path(cfg.daemon.root) / "transport.key"), bind_host=bind_host)
+    tune()
 
     started = time.monotonic()
     asys = ActorSystem("multiprocTCPBase", capabilities(cfg), logDefs=_THESPIAN_LOGS,

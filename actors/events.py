@@ -62,6 +62,7 @@ class Exchange(ContactorActor):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.followers: list[Any] = []
+        self.follow_gens: dict[str, int] = {}  # str(follower) -> newest Follow/Unfollow number acted on
         self.log_: EventLog | None = None
         self.node = ""  # clustered: this node's name, stamped on its own envelopes
         self.origins: dict[str, int] = {}  # node -> highest origin_seq of its envelopes logged here
@@ -110,14 +111,26 @@ class Exchange(ContactorActor):
             self.send(follower, Appended(env.seq))
         return env
 
+    def _newest(self, follower: Any, gen: int | None) -> bool:
+        key = str(follower)  # addresses are not hashable
+        if gen is None:  # a dead follower (the Supervisor's word): whatever it said last
+            self.follow_gens.pop(key, None)
+            return True
+        if gen < self.follow_gens.get(key, 0):
+            return False  # overtaken by a newer Follow/Unfollow of the same follower
+        self.follow_gens[key] = gen
+        return True
+
     def on_Follow(self, msg: Follow, sender: Any) -> None:
         follower = msg.follower or sender
+        if not self._newest(follower, msg.gen):
+            return
         if follower not in self.followers:
             self.followers.append(follower)
         self.send(follower, Appended(self.log_.seq if self.log_ is not None else 0))
 
     def on_Unfollow(self, msg: Unfollow, sender: Any) -> None:
-        if msg.follower in self.followers:
+        if self._newest(msg.follower, msg.gen) and msg.follower in self.followers:
             self.followers.remove(msg.follower)
 
     def on_ActorExitRequest(self, msg: Any, sender: Any) -> None:

@@ -42,6 +42,7 @@ from actors.messages import (
     Peers,
     Ready,
     TaskActorLost,
+    Unfollow,
 )
 
 __all__ = ["Gateway"]
@@ -86,6 +87,10 @@ class Gateway(ContactorActor):
         self.supervisor: Any = None
         self.flush_scheduled = False
         self.limits: Any = None
+        # The Exchange tells us of new events only while we have subscribers (Follow/Unfollow,
+        # numbered): with none, each event would cost a message nobody needs.
+        self.following = False
+        self.follow_gen = 0
 
     # -- set-up -----------------------------------------------------------------------------------------
     def on_Configure(self, msg: Configure, sender: Any) -> None:
@@ -96,7 +101,8 @@ class Gateway(ContactorActor):
         if self.reader is None:
             self.reader = LogReader(Path(msg.config.daemon.root) / "events.db")
             self.wakeupAfter(_PUMP_EVERY, payload="pump")
-        self.send(self.peers.exchange, Follow(self.myAddress))
+        if self.following:
+            self._follow(True)
         self.send(sender, Ready(self.role, os.getpid()))
 
     def on_Peers(self, msg: Peers, sender: Any) -> None:
@@ -107,9 +113,9 @@ class Gateway(ContactorActor):
                     if getattr(self.peers, role) != getattr(msg, role)}  # fmt: skip
             self._fail_pending(lambda at: at[0] in dead, "the daemon restarted the actor serving this request")
         self.peers = msg
-        if replaced:
+        if replaced and self.following:
             # A new Exchange knows no followers; the streams' cursors are ours, so nothing is lost.
-            self.send(msg.exchange, Follow(self.myAddress))
+            self._follow(True)
             self.log.warning("gateway_follows_new_exchange", streams=sum(len(c.streams) for c in self.conns.values()))
 
     def _listen(self, path: Path) -> None:
@@ -133,6 +139,18 @@ class Gateway(ContactorActor):
             elif fd in self.conns:
                 self._read(fd)
         self._rewatch()
+
+    def _follow(self, on: bool) -> None:
+        """Follow the Exchange's log (``on``) or stop; numbered, so the newest word wins."""
+        assert self.peers is not None
+        self.follow_gen += 1
+        self.following = on
+        self.send(self.peers.exchange, (Follow if on else Unfollow)(self.myAddress, self.follow_gen))
+
+    def _streams_changed(self) -> None:
+        wanted = any(conn.streams for conn in self.conns.values())
+        if wanted != self.following and self.peers is not None:
+            self._follow(wanted)
 
     def _rewatch(self) -> None:
         self.watched = ([self.listener.fileno()] if self.listener else []) + list(self.conns)
@@ -240,6 +258,7 @@ class Gateway(ContactorActor):
             cursor = newest
         stream = _Stream(fd, req_id, flt, cursor)
         self.conns[fd].streams.append(stream)
+        self._streams_changed()
         self._write(fd, {"id": req_id, "result": {"subscribed": True, "seq": newest}})
         self._pump(stream)
 
@@ -283,6 +302,8 @@ class Gateway(ContactorActor):
         with contextlib.suppress(OSError):
             conn.sock.close()
         self._rewatch()  # the watch list changes only when a connection comes or goes
+        if conn.streams:
+            self._streams_changed()
 
     # -- replies and events -----------------------------------------------------------------------------
     def on_Answer(self, msg: Answer, sender: Any) -> None:

@@ -167,14 +167,19 @@ class Follow:
     Thespian does not keep the order of messages between two actors under load
     (several transmits are in flight at once), so envelopes are not sent as
     messages: a follower reads them from the log, in sequence order, at its own pace.
+    A follower that follows only at times (the Gateway, while it has subscribers)
+    numbers its Follow and Unfollow: the Exchange acts on the newest it has seen,
+    so a pair that arrives out of order leaves it in the state the follower wants.
     """
 
     follower: Any = None
+    gen: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Unfollow:
     follower: Any
+    gen: int | None = None  # None: the follower is dead (unconditional)
 
 
 @dataclass(frozen=True, slots=True)

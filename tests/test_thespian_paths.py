@@ -1,0 +1,104 @@
+"""How the daemon drives Thespian, tested in one process: the Exchange's followers, the transport tuning."""
+
+from __future__ import annotations
+
+import dataclasses
+import selectors
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from thespian.actors import Actor, ActorSystem
+
+from actors.config import Config, DaemonConfig
+from actors.events import Exchange
+from actors.events import envelope as make_envelope
+from actors.messages import Appended, Configure, Follow, Peers, Publish, Ready, Unfollow
+
+
+class Recorder(Actor):  # type: ignore[misc]
+    """Keeps every Appended it is told; answers "got" with the list."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.got: list[int] = []
+
+    def receiveMessage(self, msg: Any, sender: Any) -> None:
+        if isinstance(msg, Appended):
+            self.got.append(msg.seq)
+        elif msg == "got":
+            self.send(sender, list(self.got))
+
+
+@pytest.fixture
+def system() -> Iterator[ActorSystem]:
+    asys = ActorSystem("simpleSystemBase", transientUnique=True)
+    try:
+        yield asys
+    finally:
+        asys.shutdown()
+
+
+def _exchange(asys: ActorSystem, root: Path) -> Any:
+    ex = asys.createActor(Exchange)
+    cfg = dataclasses.replace(Config(), daemon=dataclasses.replace(DaemonConfig(), root=root))
+    assert isinstance(asys.ask(ex, Configure(cfg, Peers(None, None, ex, None, None)), 10), Ready)
+    return ex
+
+
+def _publish(asys: ActorSystem, ex: Any, n: int) -> None:
+    asys.tell(ex, Publish(make_envelope("default", "/probe", {"n": str(n)})))
+
+
+def test_a_follower_is_told_only_while_it_follows_and_the_newest_word_wins(
+    system: ActorSystem, tmp_path: Path
+) -> None:
+    ex, rec = _exchange(system, tmp_path), system.createActor(Recorder)
+    _publish(system, ex, 1)
+    assert system.ask(rec, "got", 10) == [], "nobody follows: nobody is told"
+
+    system.tell(ex, Follow(rec, 1))  # told the log's current end at once
+    _publish(system, ex, 2)
+    assert system.ask(rec, "got", 10) == [1, 2]
+
+    system.tell(ex, Unfollow(rec, 3))
+    system.tell(ex, Follow(rec, 2))  # older than the Unfollow (it overtook it): ignored
+    _publish(system, ex, 3)
+    assert system.ask(rec, "got", 10) == [1, 2]
+
+    system.tell(ex, Follow(rec, 4))
+    _publish(system, ex, 4)
+    assert system.ask(rec, "got", 10) == [1, 2, 3, 4]
+
+    system.tell(ex, Unfollow(rec))  # a dead follower, said by the Supervisor: whatever its number
+    _publish(system, ex, 5)
+    assert system.ask(rec, "got", 10) == [1, 2, 3, 4]
+    system.tell(ex, Follow(rec, 1))  # after that, any Follow counts again
+    assert system.ask(rec, "got", 10) == [1, 2, 3, 4, 5]
+
+
+def test_transport_tuning_renders_the_same_text_only_when_asked() -> None:
+    from thespian.system import transport
+    from thespian.system.transport import TCPTransport
+
+    from actors.thespian_tuning import tune
+
+    class Loud:
+        rendered = 0
+
+        def __str__(self) -> str:
+            Loud.rendered += 1
+            return "loud message"
+
+    envelope_text = transport.ReceiveEnvelope("sender", Loud()).identify()
+    before = Loud.rendered
+    tune()
+    tune()  # idempotent
+    env = transport.ReceiveEnvelope("sender", Loud())
+    lazy = env.identify()
+    assert Loud.rendered == before, "identify() alone renders nothing"
+    assert str(lazy) == envelope_text == str(env)
+    assert Loud.rendered == before + 2
+    assert "loud message" in str(transport.TransmitIntent("target", Loud()))
+    assert TCPTransport.selectors.DefaultSelector is selectors.PollSelector
