@@ -80,7 +80,7 @@ class TaskRestarts(TaskBase):
         self._save_state()
         self._monitor(pid)
         self.info = self._make_info(pid, "running")
-        self.send(self.runtime_parent, TaskReady(self.info))
+        self.send(self.runtime_parent, TaskReady(self.info, incarnation=self._incarnation))
         self._publish("/tasks/restart", {"container_id": setup.id, "pid": pid, "restarts": restarts},
                       key=self._key("restart", pid))  # fmt: skip
         self.log.info("task_restarted", pid=pid, restarts=restarts)

@@ -80,7 +80,7 @@ class TaskRestore(TaskCleanup):
             # Its exit may have been on its way to the log when the daemon died: publish it again;
             # the log drops it if it is there already.
             self._stop_monitor((self._exit_envelope(st),))
-        self.send(self.runtime_parent, TaskReady(self.info))
+        self.send(self.runtime_parent, TaskReady(self.info, incarnation=self._incarnation))
         self.log.info("task_restored", pid=self.info.pid, status=self.info.status, shim_pid=self.shim_pid)
         self._drain_events()
 

@@ -58,7 +58,7 @@ def create_bundle(state_dir: str | os.PathLike[str], namespace: str, cid: str, s
         raise AlreadyExists(f"bundle for {namespace}/{cid} already exists") from None
     try:
         (path / "rootfs").mkdir(mode=0o711)
-        write_atomic(path / "config.json", json.dumps(spec).encode())
+        write_atomic(path / "config.json", json.dumps(spec).encode(), sync=False)  # the state dir is volatile
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)
         raise

@@ -347,6 +347,9 @@ class TaskSetup:
     # A task made again by its restart policy after its shim died: started right after the create.
     restarts: int = 0
     start: bool = False
+    # Which TaskActor of this task this is (the RuntimeActor's count): what it reports carries
+    # the number, so a late word of one it replaced is not taken for the new one's.
+    incarnation: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,6 +360,7 @@ class TaskReady:
     # The create's answer, forwarded by the RuntimeActor after it recorded the task (see TaskGone).
     reply_to: Any = None
     answer: Any = None
+    incarnation: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,6 +387,7 @@ class TaskGone:
     respawn: Respawn | None = None
     # Other answers to forward the same way: deletes that came while the task was being removed.
     also: tuple[tuple[Any, Any], ...] = ()
+    incarnation: int = 0
 
 
 @dataclass(frozen=True, slots=True)

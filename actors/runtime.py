@@ -1,5 +1,9 @@
 """RuntimeActor: one per node; the task table ``(namespace, id) -> TaskActor``.
 
+TaskActors run in TaskHost processes (``actors/task_host.py``), up to
+``TASKS_PER_HOST`` each; the RuntimeActor starts hosts as they fill, keeps one
+warm, and lets go of empty ones beyond that.
+
 Create: validate, read the container record from the MetadataActor, write
 the bundle, spawn a TaskActor that starts the shim and answers the client
 itself once the shim reported the pid.  Calls on a task are forwarded to its
@@ -19,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from thespian.actors import ChildActorExited
+from thespian.actors import ActorExitRequest, ChildActorExited
 
 from actors import netopts, network, respawns, restart, task_network
 from actors._actor import ContactorActor, error_reply
@@ -51,13 +55,16 @@ from actors.messages import (
 )
 from actors.procs import is_alive_process, read_pid_file
 from actors.spec import check_spec
-from actors.task import TaskActor, live_shim
+from actors.task import live_shim
+from actors.task_host import TASKS_PER_HOST, TaskHost
 
 __all__ = ["RuntimeActor", "restore_plan"]
 
 
 # How often the RuntimeActor looks whether its TaskActors still live (see RuntimeActor._sweep).
 SWEEP_PERIOD: Final = 5.0
+# Empty TaskHosts kept ready for the next tasks (the rest are let go).
+WARM_HOSTS: Final = 1
 
 
 @dataclass
@@ -68,6 +75,16 @@ class _Entry:
     runtime_name: str
     rootfs: str
     info: TaskInfo | None = None
+    incarnation: int = 0
+
+
+@dataclass(eq=False)
+class _Host:
+    """A TaskHost child and the tasks it runs."""
+
+    address: Any
+    tasks: set[tuple[str, str]]
+    pid: int = 0  # from its tasks' reports
 
 
 def restore_plan(state: Path) -> list[tuple[str, str]]:
@@ -134,6 +151,8 @@ class RuntimeActor(ContactorActor):
         self.config: Any = None
         self.peers: Peers | None = None
         self.tasks: dict[tuple[str, str], _Entry] = {}
+        self.hosts: list[_Host] = []
+        self.incarnations = itertools.count(1)
         self.pending: dict[int, tuple[Ask, Respawn | None]] = {}
         self.corr = itertools.count(1)
         # Tasks whose shim died, waiting to be made again by their restart policy.
@@ -144,6 +163,7 @@ class RuntimeActor(ContactorActor):
         self.config, self.peers = msg.config, msg.peers
         self.send(sender, Ready(self.role, os.getpid()))
         if first:
+            self._new_host()
             plan = restore_plan(Path(self.config.daemon.state))
             try:
                 # Addresses and namespaces of tasks whose bundles are gone go back first.
@@ -172,8 +192,8 @@ class RuntimeActor(ContactorActor):
                 self.send(ask.reply_to, Answer(ask.corr, ErrorReply("unavailable", "the metadata actor restarted")))
             self.pending.clear()
         self.peers = msg
-        for entry in self.tasks.values():
-            self.send(entry.address, msg)
+        for host in self.hosts:
+            self.send(host.address, msg)
 
     def _runtime_of_bundle(self, ns: str, cid: str) -> str:
         path = bundle_path(self.config.daemon.state, ns, cid) / "runtime"
@@ -186,16 +206,58 @@ class RuntimeActor(ContactorActor):
                policy: str = "", net: netopts.NetOptions | None = None,
                respawn: Respawn | None = None) -> None:  # fmt: skip
         assert self.peers is not None
-        address = self.createActor(TaskActor)
-        self.tasks[(ns, cid)] = _Entry(ns, cid, address, runtime_name, rootfs)
+        host = self._host_for_task()
+        host.tasks.add((ns, cid))
+        incarnation = next(self.incarnations)
+        self.tasks[(ns, cid)] = _Entry(ns, cid, host.address, runtime_name, rootfs, incarnation=incarnation)
         bundle = str(bundle_path(self.config.daemon.state, ns, cid))
         self.send(
-            address,
+            host.address,
             TaskSetup(
                 ns, cid, bundle, restore, self.config, self.peers, runtime_name, rootfs, create, policy, net,
-                respawn.restarts if respawn else 0, respawn is not None,
+                respawn.restarts if respawn else 0, respawn is not None, incarnation,
             ),
         )
+
+    # -- task hosts ---------------------------------------------------------------------------------------
+    def _new_host(self) -> _Host:
+        host = _Host(self.createActor(TaskHost), set())
+        self.hosts.append(host)
+        return host
+
+    def _host_for_task(self) -> _Host:
+        """The fullest host with room (few hosts, each well used), else a new one."""
+        room = [h for h in self.hosts if len(h.tasks) < TASKS_PER_HOST]
+        if not room:
+            return self._new_host()
+        return max(room, key=lambda h: len(h.tasks))
+
+    def _host_at(self, address: Any) -> _Host | None:
+        for host in self.hosts:
+            if host.address == address:
+                return host
+        return None
+
+    def _release(self, key: tuple[str, str], address: Any) -> None:
+        """``key`` left its host; a host left empty is let go if enough others stay ready."""
+        host = self._host_at(address)
+        if host is None:
+            return
+        host.tasks.discard(key)
+        if not host.tasks and sum(1 for h in self.hosts if not h.tasks) > WARM_HOSTS:
+            self.hosts.remove(host)
+            self.send(host.address, ActorExitRequest())
+
+    def _host_died(self, host: _Host) -> None:
+        """Every task of a dead host gets a new TaskActor (in restore mode) in a live one."""
+        self.hosts.remove(host)
+        self.log.warning("task_host_died", tasks=len(host.tasks), host_pid=host.pid)
+        for key in sorted(host.tasks):
+            entry = self.tasks.get(key)
+            if entry is not None and entry.address == host.address:
+                self._task_actor_died(key, entry)
+        if not self.hosts and not self.exiting:
+            self._new_host()
 
     # -- create ------------------------------------------------------------------------------------------
     def ask_CreateTask(self, msg: CreateTask, ask: Ask, sender: Any) -> None:
@@ -322,17 +384,28 @@ class RuntimeActor(ContactorActor):
         assert self.peers is not None
         self.send(self.peers.metadata, Ask(ask.corr, msg, ask.reply_to or sender))
 
+    def _current(self, key: tuple[str, str], sender: Any, incarnation: int) -> _Entry | None:
+        """The table's entry for ``key`` if the report is from its current TaskActor."""
+        entry = self.tasks.get(key)
+        if entry is not None and entry.address == sender and entry.incarnation == incarnation:
+            return entry
+        return None
+
     def on_TaskReady(self, msg: TaskReady, sender: Any) -> None:
-        entry = self.tasks.get((msg.info.namespace, msg.info.id))
-        if entry is not None and entry.address == sender:
+        entry = self._current((msg.info.namespace, msg.info.id), sender, msg.incarnation)
+        if entry is not None:
             entry.info = msg.info
+            host = self._host_at(sender)
+            if host is not None:
+                host.pid = msg.info.actor_pid
         if msg.reply_to is not None and msg.answer is not None:
             self.send(msg.reply_to, msg.answer)
 
     def on_TaskGone(self, msg: TaskGone, sender: Any) -> None:
-        entry = self.tasks.get((msg.namespace, msg.id))
-        if entry is not None and entry.address == sender:
+        entry = self._current((msg.namespace, msg.id), sender, msg.incarnation)
+        if entry is not None:
             del self.tasks[(msg.namespace, msg.id)]
+            self._release((msg.namespace, msg.id), sender)
             self.log.info("task_gone", namespace=msg.namespace, id=msg.id, reason=msg.reason)
             if msg.respawn is not None:
                 self.respawning[(msg.namespace, msg.id)] = msg.respawn
@@ -345,30 +418,29 @@ class RuntimeActor(ContactorActor):
     def on_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
         if self.exiting:  # the shutdown takes its TaskActors down: none is to be replaced
             return
-        for key, entry in list(self.tasks.items()):
-            if entry.address == msg.childAddress:
-                self._task_actor_died(key, entry)
-                return
+        host = self._host_at(msg.childAddress)
+        if host is not None:
+            self._host_died(host)
 
     def _task_actor_died(self, key: tuple[str, str], entry: _Entry) -> None:
         # Died without a delete: a new TaskActor takes the same bundle over.
         self.log.warning("task_actor_died", namespace=key[0], id=key[1])
         del self.tasks[key]
+        self._release(key, entry.address)
         if self.peers is not None:
             self.send(self.peers.gateway, TaskActorLost(*key))
         if bundle_path(self.config.daemon.state, *key).exists():
             self._spawn(key[0], key[1], True, entry.runtime_name, entry.rootfs)
 
     def _sweep(self) -> None:
-        """TaskActors found dead by their pid, in case Thespian's ChildActorExited never came.
+        """TaskHosts found dead by their pid, in case Thespian's ChildActorExited never came.
 
-        Seen under load: a killed TaskActor whose death its RuntimeActor was never told of, its task
-        left unmanageable until the next restart.  A dead child stays a zombie until reaped, so
+        Seen under load: a killed TaskActor process whose death its RuntimeActor was never told of,
+        its task left unmanageable until the next restart.  A dead child stays a zombie until reaped, so
         the pid cannot belong to another process meanwhile.
         """
-        for key, entry in list(self.tasks.items()):
-            pid = entry.info.actor_pid if entry.info is not None else 0
-            if pid > 0 and not is_alive_process(pid, 0):
-                self.log.warning("task_actor_found_dead", namespace=key[0], id=key[1], actor_pid=pid)
-                self._task_actor_died(key, entry)
+        for host in list(self.hosts):
+            if host.pid > 0 and not is_alive_process(host.pid, 0):
+                self.log.warning("task_host_found_dead", host_pid=host.pid)
+                self._host_died(host)
         self.wakeupAfter(SWEEP_PERIOD, payload="sweep")

@@ -1,5 +1,8 @@
 """TaskActor: one per container; owns that container's shim.
 
+It runs on a thread of its own in a TaskHost process (``actors/task_host.py``),
+one message at a time, like any actor.
+
 It starts the shim (or, on restore, reconnects to it), forwards task calls to
 it, turns shim events into envelopes on the Exchange, and watches two fds with
 ThespianWatch: an eventfd the shim connection's reader pokes on every event,
@@ -12,12 +15,9 @@ requests.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import gc
 import json
 import os
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -28,7 +28,6 @@ from actors._task_base import DEAD_SHIM_STATUS, STATE_FILE_SIZE, live_shim
 from actors._task_restore import TaskRestore
 from actors.bundle import write_atomic
 from actors.errdefs import ContactorError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from actors.ksm import mark_mergeable
 from actors.messages import (
     Answer,
     Ask,
@@ -43,7 +42,6 @@ from actors.shim.client import DEFAULT_SHIM, start_shim
 
 __all__ = ["TaskActor", "DEAD_SHIM_STATUS", "live_shim"]
 
-PR_SET_PDEATHSIG: Final = 1
 FORWARDED: Final = frozenset({"exec", "pids", "state", "close_io", "resize_pty", "update"})
 
 
@@ -53,29 +51,11 @@ def shim_command(name: str) -> list[str]:
     return [found] if found else list(DEFAULT_SHIM)
 
 
-def _die_with_parent() -> None:
-    """A TaskActor dies with its RuntimeActor: the new RuntimeActor restores every task from its
-    bundle, and an orphaned TaskActor beside the new one would publish every event twice."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() == 1:  # the parent died before the prctl took effect
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 class TaskActor(TaskRestore):
     role = "task"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        _die_with_parent()
-
     # -- set-up -----------------------------------------------------------------------------------------
     def on_TaskSetup(self, msg: TaskSetup, sender: Any) -> None:
-        mark_mergeable()  # most of our private pages are copies of the RuntimeActor's: see actors.ksm
-        # Everything inherited from the RuntimeActor lives as long as we do: out of the collector's
-        # reach, or the first full collection (after a few thousand requests) writes to every
-        # object and turns each of their pages into our own copy (6.5 -> 13.6 MB, measured).
-        gc.freeze()
         self.setup, self.peers = msg, msg.peers
         self.log = self.log.bind(namespace=msg.namespace, id=msg.id)
         self.runtime_parent = sender
@@ -133,7 +113,7 @@ class TaskActor(TaskRestore):
         self._publish("/tasks/create", {"container_id": setup.id, "bundle": str(self.bundle), "rootfs": [],
                                         "io": io, "checkpoint": "", "pid": pid}, key=self._key("create"))  # fmt: skip
         self._monitor(pid)
-        self.send(self.runtime_parent, TaskReady(self.info, reply_to, Answer(ask.corr, self.info)))
+        self.send(self.runtime_parent, TaskReady(self.info, reply_to, Answer(ask.corr, self.info), self._incarnation))
         self.log.info("task_created", pid=pid, shim_pid=self.shim_pid)
         if setup.start:
             self._publish("/tasks/start", {"container_id": setup.id, "pid": pid}, key=self._key("start", pid))

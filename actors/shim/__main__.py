@@ -95,8 +95,10 @@ def _setup(args: argparse.Namespace) -> tuple[ShimService, ShimServer, Reaper, A
     server = ShimServer(_listen(sock_path), service, reaper, log)
     server_box.append(server)
     files = [sock_path, os.path.join(bundle, "address"), os.path.join(bundle, "shim.pid")]
-    write_atomic(files[2], pid_file_line(os.getpid()).encode(), 0o644)
-    write_atomic(files[1], sock_path.encode(), 0o644)
+    # No fsync: the bundle is in the volatile state dir, and after a power cut there is no shim
+    # these could name (a torn or empty pid file reads as a dead shim, which is then the truth).
+    write_atomic(files[2], pid_file_line(os.getpid()).encode(), 0o644, sync=False)
+    write_atomic(files[1], sock_path.encode(), 0o644, sync=False)
     return service, server, reaper, log, wakeup_fd, files
 
 
