@@ -47,7 +47,10 @@ def test_a_factory_shim_runs_a_container_and_inherits_nothing(shims: Shims, fact
     assert os.getsid(handle.pid) == handle.pid, "a session of its own"
     with open(f"/proc/{handle.pid}/stat") as f:
         ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-    assert ppid != factory_pid, "not the factory's child"
+    assert ppid == factory_pid, "forked once, by the factory"
+    with open(f"/proc/{factory_pid}/status") as f:
+        ignored = int(next(line for line in f if line.startswith("SigIgn:")).split()[1], 16)
+    assert ignored & (1 << (signal.SIGCHLD - 1)), "the factory ignores SIGCHLD: a shim that ends is never a zombie"
     assert not _socket_inodes(factory_pid) & _socket_inodes(handle.pid), "no socket of the factory inherited"
     task.run()
     assert task.client.call("wait", timeout=30)["exit_status"] == 5

@@ -105,7 +105,7 @@ KSM = Path("/sys/kernel/mm/ksm")
 class Ksmd:
     """ksmd on for the run (``--ksm``), scanning fast enough to settle within a figure; restored after.
 
-    contactor marks its TaskActors' and shims' memory mergeable (actors/ksm.py); whether
+    contactor marks its TaskHosts' and shims' memory mergeable (actors/ksm.py); whether
     the kernel merges it is the host's setting, so the benchmark only turns it on when asked.
     """
 

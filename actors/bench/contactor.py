@@ -99,15 +99,23 @@ class Contactor:
                 self.sleepers.append(cid)
 
     def memory(self) -> tuple[float, float]:
-        """(mean PSS kB per running container: its TaskActor + shim, the daemon's own PSS kB)."""
+        """(mean PSS kB per running container, the daemon's own PSS kB).
+
+        A container's share is its shim plus its part of the TaskHost processes that run the
+        TaskActors (their PSS shared out over the containers they serve).
+        """
         with self.client() as c:
             tasks = [t for t in c.list_tasks() if t.status == "running"]
-        per = [pss_kb(t.actor_pid) + pss_kb(t.shim_pid) for t in tasks]
+        if not tasks:
+            return 0.0, float(sum(pss_kb(p) for p in self.daemon_pids(tasks)))
+        hosts = {t.actor_pid for t in tasks}
+        per = (sum(pss_kb(t.shim_pid) for t in tasks) + sum(pss_kb(p) for p in hosts)) / len(tasks)
         own = sum(pss_kb(p) for p in self.daemon_pids(tasks))
-        return (sum(per) / len(per) if per else 0.0), float(own)
+        return per, float(own)
 
     def daemon_pids(self, tasks: Sequence[Task]) -> list[int]:
-        """The daemon's own processes: supervisor, actor system, shim factory, less the TaskActors."""
+        """The daemon's own processes: supervisor, actor system, shim factory, less the TaskHosts
+        that run the tasks' TaskActors (an empty, warm host counts as the daemon's)."""
         pgid = self.daemon.actor_pgid()
         own = {p for p in pids() if pgid_of(p) == pgid} if pgid else set()
         if self.daemon.proc is not None:

@@ -111,13 +111,17 @@ def main(argv: list[str] | None = None) -> int:
     return run(parse(argv))
 
 
-def run(args: argparse.Namespace) -> int:
-    """Be the shim for the parsed ``args`` until it is told to stop; its exit status."""
+def run(args: argparse.Namespace, forked: bool = False) -> int:
+    """Be the shim for the parsed ``args`` until it is told to stop; its exit status.
+
+    ``forked``: this process is a fresh fork of the shim factory, which never waits for its
+    children (they are reaped by the kernel): it only needs a session of its own.
+    """
     if args.ready_fd >= 0:
         os.set_inheritable(args.ready_fd, False)
     if not args.no_detach:
         # Leave the starter: the intermediate exits at once, we go on in a session of our own.
-        if os.fork():
+        if not forked and os.fork():
             os._exit(0)
         os.setsid()
     os.umask(0o077)

@@ -4,9 +4,10 @@ Starting a shim by exec'ing a fresh interpreter costs about 65 ms (mostly
 imports) and 12 MB of private memory per container.  The factory is one
 single-threaded process, started by the daemon, that imports the shim once
 and then forks a shim per request: the fork costs a few milliseconds and the
-shims share the factory's pages.  Each shim still ends up exactly where an
-exec'd one would: in a session of its own, no longer a child of anyone of
-ours, with no fd inherited but its readiness pipe.
+shims share the factory's pages.  Each shim still ends up where an exec'd one
+would: in a session of its own, with no fd inherited but its readiness pipe;
+it stays the factory's child, which the kernel reaps for it (the factory
+ignores SIGCHLD), so it never waits on a shim.
 
 Protocol (a unix socket, root-only): the client sends one datagram-like
 message on a stream connection: the shim's argv as JSON (without the program
@@ -75,7 +76,8 @@ def _receive(conn: socket.socket) -> tuple[list[str], int]:
 
 
 def _fork_shim(argv: list[str], ready_fd: int, keep: tuple[int, ...]) -> None:
-    """Fork; the child becomes a shim (whose main forks again and leaves: we reap the middle).
+    """Fork; the child becomes a shim in a session of its own (the kernel reaps it: SIGCHLD is
+    ignored here, so the factory never waits on a shim and no shim is left a zombie).
 
     The options are parsed here, before the fork, where argparse's code is warm after the
     first shim; in each new shim it ran cold, for about 2 ms of every create.  Bad options
@@ -100,10 +102,9 @@ def _fork_shim(argv: list[str], ready_fd: int, keep: tuple[int, ...]) -> None:
                 os.dup2(ready_fd, 3)
             os.closerange(4, 65536)
             mark_mergeable()  # a shim's private pages are mostly copies of the factory's: see actors.ksm
-            code = main(argv) if args is None else run(args)
+            code = main(argv) if args is None else run(args, forked=True)
         finally:
             os._exit(code)
-    os.waitpid(pid, 0)
 
 
 def serve(listener: socket.socket) -> None:
@@ -118,6 +119,7 @@ def serve(listener: socket.socket) -> None:
     gc.freeze()
 
     signal.signal(signal.SIGTERM, lambda s, f: sys.exit(0))
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # shims are reaped by the kernel (see _fork_shim)
     while True:
         conn, _ = listener.accept()
         with conn:
