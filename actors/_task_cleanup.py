@@ -162,13 +162,12 @@ class TaskCleanup(TaskEvents):
         self._leave("create failed")
 
     def _finish_delete(self, result: dict[str, Any], reply_to: Any = None, answer: Answer | None = None) -> None:
-        """The container is deleted in the shim: shut the shim down, remove the rest, publish, leave."""
+        """The container is deleted in the shim: publish, shut the shim down, remove the rest, leave.
+
+        The /tasks/delete goes out first, so that its way to the log overlaps the shim's exit and
+        the cgroups' removal; what must wait for it (the bundle) waits in ``rest``.
+        """
         assert self.client is not None and self.setup is not None
-        with contextlib.suppress(ContactorError):
-            self.client.call("shutdown", call_timeout=30)
-        if not self._wait_shim_gone(10):
-            self.log.error("shim_did_not_exit_after_shutdown", shim_pid=self.shim_pid)
-        self._close_fds()
         event = {"container_id": self.setup.id, "pid": result.get("pid"), "exit_status": result.get("exit_status"),
                  "exited_at": result.get("exited_at"), "id": ""}  # fmt: skip
         key = self._key("delete")
@@ -176,7 +175,6 @@ class TaskCleanup(TaskEvents):
         def rest() -> None:
             self._teardown_network()
             delete_bundle(self.bundle)
-            self._remove_cgroups()
             self._fail_waiters("the task was deleted")
             self._leave("deleted", reply_to, answer)
 
@@ -184,3 +182,9 @@ class TaskCleanup(TaskEvents):
         # bundle, and the restored task publishes it again (the log drops a second copy).
         self._after_commit(key, rest, result)
         self._stop_monitor((envelope(self.setup.namespace, "/tasks/delete", event, key=key),), ack=True)
+        with contextlib.suppress(ContactorError):
+            self.client.call("shutdown", call_timeout=30)
+        if not self._wait_shim_gone(10):
+            self.log.error("shim_did_not_exit_after_shutdown", shim_pid=self.shim_pid)
+        self._close_fds()
+        self._remove_cgroups()

@@ -22,6 +22,7 @@ from typing import Any
 from actors.bundle import write_atomic
 from actors.errdefs import ContactorError, InvalidArgument
 from actors.identifiers import validate, validate_namespace
+from actors.ksm import mark_mergeable
 from actors.logs import JsonLineLogger
 from actors.procs import pid_file_line
 from actors.runc import Runtime, resolve_binary
@@ -144,6 +145,10 @@ def run(args: argparse.Namespace, forked: bool = False) -> int:
         os.close(null)
     log.info("shim_started", pid=os.getpid(), bundle=args.bundle, runtime=service.runtime.binary)
     _report(args.ready_fd, f"ok {os.getpid()}")
+    if forked:
+        # Most of a forked shim's private pages are copies of the factory's (see actors.ksm);
+        # marked after the readiness report, where it costs the create nothing.
+        mark_mergeable()
     server.serve(wakeup_fd)
     for path in files:
         with contextlib.suppress(FileNotFoundError):

@@ -30,7 +30,6 @@ import socket
 import sys
 from typing import Final
 
-from actors.ksm import mark_mergeable
 from actors.wire import peer_credentials, socket_name
 
 __all__ = ["serve", "spawn", "start_factory", "MAX_REQUEST"]
@@ -101,7 +100,7 @@ def _fork_shim(argv: list[str], ready_fd: int, keep: tuple[int, ...]) -> None:
             if ready_fd != 3:
                 os.dup2(ready_fd, 3)
             os.closerange(4, 65536)
-            mark_mergeable()  # a shim's private pages are mostly copies of the factory's: see actors.ksm
+            # (run marks the shim's memory mergeable once it has reported ready: see actors.ksm)
             code = main(argv) if args is None else run(args, forked=True)
         finally:
             os._exit(code)
