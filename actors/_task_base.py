@@ -247,7 +247,13 @@ class TaskBase(ContactorActor):
         return placement(cfg.driver, str(cfg.parent), setup.namespace, setup.id)
 
     def _remove_cgroups(self) -> None:
-        """The task's cgroup in every hierarchy (whatever the runtime left), then empty parents."""
+        """The task's cgroup in every hierarchy (whatever the runtime left).
+
+        The namespace's directory above it stays (the daemon removes the empty ones when it
+        stops): removed here whenever its last task went, it raced the runtime creating the
+        next task's cgroup under it (its mkdir of the leaf failed with ENOENT), and every
+        create in an emptied namespace made it again in every hierarchy.
+        """
         setup = self.setup
         assert setup is not None
         parent = str(setup.config.cgroups.parent).rstrip("/")
@@ -256,7 +262,7 @@ class TaskBase(ContactorActor):
             busy = remove_task_cgroups(_host(), path)
             if busy:
                 self.log.error("cgroups_left_busy", paths=[str(p) for p in busy])
-            remove_empty_parents(path, keep=parent.count("/"))
+            remove_empty_parents(path, keep=parent.count("/") + 1)
         except ContactorError as exc:
             self.log.error("cgroup_removal_failed", error=exc.message)
 

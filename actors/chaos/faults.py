@@ -178,6 +178,7 @@ class Injector:
         self._done(rec, settled)
 
     def f_task_actor_kill(self) -> None:
+        """SIGKILL of the process running the task's TaskActor: its TaskHost, with every TaskActor in it."""
         t = self._target()
         rec = self.ledger.fault("task-actor-kill", t.id)
         with contextlib.suppress(ProcessLookupError):
