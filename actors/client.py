@@ -318,9 +318,18 @@ class Client:
                     raise
                 time.sleep(0.2)
                 continue
-            deadline = None
             try:
                 _, q = conn.open("events.subscribe", params, maxsize=_STREAM_QUEUE)
+            except Unavailable:
+                # Connected to a daemon that is going away (its socket still took the connection):
+                # the same as not reaching it while resuming.
+                conn.close()
+                if deadline is None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+                continue
+            deadline = None
+            try:
                 while True:
                     try:
                         frame = conn.next(q, timeout)
