@@ -313,17 +313,13 @@ class Client:
                 params["since_time"] = first_time
             try:
                 conn = _Conn(self.address, 10.0)  # its own connection: closing it ends the subscription
-            except Unavailable:
-                if deadline is None or time.monotonic() > deadline:
+                try:
+                    _, q = conn.open("events.subscribe", params, maxsize=_STREAM_QUEUE)
+                except Unavailable:
+                    # A daemon going away can still take the connection: the same as not reaching it.
+                    conn.close()
                     raise
-                time.sleep(0.2)
-                continue
-            try:
-                _, q = conn.open("events.subscribe", params, maxsize=_STREAM_QUEUE)
             except Unavailable:
-                # Connected to a daemon that is going away (its socket still took the connection):
-                # the same as not reaching it while resuming.
-                conn.close()
                 if deadline is None or time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)

@@ -37,12 +37,13 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from thespian.actors import ActorExitRequest, WakeupMessage, WatchMessage
+from thespian.actors import ActorExitRequest, ThespianWatch, WakeupMessage, WatchMessage
 
 from actors._actor import ContactorActor
 from actors.errdefs import Unavailable
 from actors.ksm import mark_mergeable
 from actors.messages import Answer, Ask, Committed, ErrorReply, Peers, TaskRequest, TaskSetup
+from actors.task import TaskActor
 
 __all__ = ["TaskHost", "TASKS_PER_HOST"]
 
@@ -81,8 +82,7 @@ class _Ref:
 
     def actor_send(self, target: Any, msg: Any) -> None:
         if target == self.host.myAddress:  # to itself (its own ActorExitRequest)
-            self.hosted.mailbox.put((msg, target))
-            self.host.mark_busy(self.hosted)
+            self.host.deliver(self.hosted, msg, target)
             return
         self.host.post(("send", target, msg))
 
@@ -133,20 +133,19 @@ class TaskHost(ContactorActor):
         with contextlib.suppress(OSError):
             os.eventfd_write(self.poke_fd, 1)
 
-    def mark_busy(self, hosted: _Hosted) -> None:
+    def deliver(self, hosted: _Hosted, msg: Any, sender: Any) -> None:
+        """Into ``hosted``'s mailbox; it counts as busy (its fds unwatched) until it has handled it."""
         with self.lock:
             hosted.pending += 1
+        hosted.mailbox.put((msg, sender))
 
     # -- the host's own thread ----------------------------------------------------------------------------
     def receiveMessage(self, msg: Any, sender: Any) -> Any:
         watch = super().receiveMessage(msg, sender)
+        if isinstance(msg, ActorExitRequest):
+            return watch
         self._flush()
         self._rewatch()
-        return watch if isinstance(msg, ActorExitRequest) else self._watch()
-
-    def _watch(self) -> Any:
-        from thespian.actors import ThespianWatch
-
         return ThespianWatch(list(self.watched))
 
     def _rewatch(self) -> None:
@@ -171,11 +170,6 @@ class TaskHost(ContactorActor):
             elif item[0] == "gone":
                 self._forget(item[1])
 
-    def _deliver(self, hosted: _Hosted, msg: Any, sender: Any) -> None:
-        with self.lock:
-            hosted.pending += 1
-        hosted.mailbox.put((msg, sender))
-
     def on_WatchMessage(self, msg: Any, sender: Any) -> None:
         if self.poke_fd in msg.ready:
             with contextlib.suppress(BlockingIOError, OSError):
@@ -186,7 +180,7 @@ class TaskHost(ContactorActor):
             if hosted is not None and not hosted.gone:
                 ready.setdefault(hosted, []).append(fd)
         for hosted, fds in ready.items():
-            self._deliver(hosted, WatchMessage(fds), sender)
+            self.deliver(hosted, WatchMessage(fds), sender)
 
     def on_WakeupMessage(self, msg: Any, sender: Any) -> None:
         payload = msg.payload
@@ -194,15 +188,13 @@ class TaskHost(ContactorActor):
             return
         hosted = self.tasks.get(payload[1])
         if hosted is not None and hosted.serial == payload[2]:
-            self._deliver(hosted, WakeupMessage(msg.delayPeriod, payload[3]), sender)
+            self.deliver(hosted, WakeupMessage(msg.delayPeriod, payload[3]), sender)
         else:  # a task that was replaced here keeps its own wake-ups until it is done
             for old in self.leaving:
                 if old.key == payload[1] and old.serial == payload[2]:
-                    self._deliver(old, WakeupMessage(msg.delayPeriod, payload[3]), sender)
+                    self.deliver(old, WakeupMessage(msg.delayPeriod, payload[3]), sender)
 
     def on_TaskSetup(self, msg: TaskSetup, sender: Any) -> None:
-        from actors.task import TaskActor
-
         key = (msg.namespace, msg.id)
         old = self.tasks.pop(key, None)
         if old is not None:  # replaced by the RuntimeActor: finishes what it holds, gets nothing new
@@ -215,31 +207,31 @@ class TaskHost(ContactorActor):
         hosted.actor = actor
         hosted.thread = threading.Thread(target=self._run, args=(hosted,), name=f"task-{msg.id}", daemon=True)
         self.tasks[key] = hosted
-        self._deliver(hosted, msg, sender)
+        self.deliver(hosted, msg, sender)
         hosted.thread.start()
 
     def on_Peers(self, msg: Peers, sender: Any) -> None:
         for hosted in list(self.tasks.values()):
-            self._deliver(hosted, msg, sender)
+            self.deliver(hosted, msg, sender)
 
     def on_Committed(self, msg: Committed, sender: Any) -> None:
         ns, _, rest = msg.key.partition("/")
         cid = rest.partition("/")[0]
         for hosted in [*self.tasks.values(), *self.leaving]:
             if hosted.key == (ns, cid):
-                self._deliver(hosted, msg, sender)
+                self.deliver(hosted, msg, sender)
 
     def ask_TaskRequest(self, msg: TaskRequest, ask: Ask, sender: Any) -> None:
         hosted = self.tasks.get((msg.namespace, msg.id))
         if hosted is None or hosted.gone:
             raise Unavailable(f"task {msg.id} is not available")
-        self._deliver(hosted, ask, sender)
+        self.deliver(hosted, ask, sender)
 
     def on_ActorExitRequest(self, msg: Any, sender: Any) -> None:
         """The daemon stops: every TaskActor lets go of its shim (never touching it), then the host exits."""
         everyone = [*self.tasks.values(), *self.leaving]
         for hosted in everyone:
-            self._deliver(hosted, ActorExitRequest(), sender)
+            self.deliver(hosted, ActorExitRequest(), sender)
         for hosted in everyone:
             if hosted.thread is not None:
                 hosted.thread.join(EXIT_WAIT / max(1, len(everyone)))

@@ -42,12 +42,6 @@ class _Lazy:
 
     __repr__ = __str__
 
-    def __add__(self, other: str) -> str:
-        return str(self) + other
-
-    def __radd__(self, other: str) -> str:
-        return other + str(self)
-
 
 def _lazy(render: Any) -> Any:
     def identify(self: Any) -> _Lazy:

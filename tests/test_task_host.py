@@ -41,7 +41,6 @@ def test_tasks_share_hosts_a_dead_host_has_every_task_restored_and_empty_hosts_g
     assert len(by_host) == 2, "the first host fills before a second is started"
     assert sorted(len(v) for v in by_host.values()) == [2, TASKS_PER_HOST]
     assert set(by_host) == _hosts(daemon)
-    assert all(tasks[cid].actor_pid != os.getpid() for cid in ids)
 
     small = min(by_host, key=lambda pid: len(by_host[pid]))
     os.kill(small, signal.SIGKILL)

@@ -106,12 +106,11 @@ class Contactor:
         """
         with self.client() as c:
             tasks = [t for t in c.list_tasks() if t.status == "running"]
+        own = float(sum(pss_kb(p) for p in self.daemon_pids(tasks)))
         if not tasks:
-            return 0.0, float(sum(pss_kb(p) for p in self.daemon_pids(tasks)))
+            return 0.0, own
         hosts = {t.actor_pid for t in tasks}
-        per = (sum(pss_kb(t.shim_pid) for t in tasks) + sum(pss_kb(p) for p in hosts)) / len(tasks)
-        own = sum(pss_kb(p) for p in self.daemon_pids(tasks))
-        return per, float(own)
+        return (sum(pss_kb(t.shim_pid) for t in tasks) + sum(pss_kb(p) for p in hosts)) / len(tasks), own
 
     def daemon_pids(self, tasks: Sequence[Task]) -> list[int]:
         """The daemon's own processes: supervisor, actor system, shim factory, less the TaskHosts
