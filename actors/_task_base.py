@@ -45,7 +45,7 @@ from actors.messages import (
     TaskSetup,
 )
 from actors.procs import is_alive_process, read_pid_file, wait_exit
-from actors.shim.client import ShimClient
+from actors.shim.client import Request, ShimClient
 
 DEAD_SHIM_STATUS: Final = 128 + 9
 STATE_FILE_SIZE: Final = 4096
@@ -167,13 +167,18 @@ class TaskBase(ContactorActor):
             except OSError as final:
                 self.log.error("task_state_not_saved", error=str(final))
 
-    def _connect(self, since: int | None) -> None:
+    def _connect(self, since: int | None, wait: bool = True) -> Request:
+        """Connect to the shim and subscribe to its events; the subscribe's answer is waited
+        for unless ``wait`` is False (the caller then takes the returned Request's result)."""
         assert self.setup is not None
         self.notify_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.client = ShimClient(str(self.bundle / "shim.sock"), notify_fd=self.notify_fd)
         self.pidfd = os.pidfd_open(self.shim_pid)
         self.watched = [self.notify_fd, self.pidfd]
-        self.client.subscribe(since=since)
+        subscribed = self.client.request("subscribe", **({} if since is None else {"since": since}))
+        if wait:
+            subscribed.result()
+        return subscribed
 
     def _make_info(self, pid: int, status: str, exit_status: int = -1, exited_at: float = 0.0) -> TaskInfo:
         setup = self.setup

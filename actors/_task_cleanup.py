@@ -182,9 +182,10 @@ class TaskCleanup(TaskEvents):
         # bundle, and the restored task publishes it again (the log drops a second copy).
         self._after_commit(key, rest, result)
         self._stop_monitor((envelope(self.setup.namespace, "/tasks/delete", event, key=key),), ack=True)
+        # The shim exits while the cgroups go; its exit (the pidfd), not its answer, is what counts.
         with contextlib.suppress(ContactorError):
-            self.client.call("shutdown", call_timeout=30)
+            self.client.request("shutdown")
+        self._remove_cgroups()
         if not self._wait_shim_gone(10):
             self.log.error("shim_did_not_exit_after_shutdown", shim_pid=self.shim_pid)
         self._close_fds()
-        self._remove_cgroups()

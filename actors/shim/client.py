@@ -159,6 +159,21 @@ class _Pending:
         self.reply: dict[str, Any] | None = None
 
 
+class Request:
+    """A request sent to the shim, whose answer is waited for by ``result``."""
+
+    __slots__ = ("_client", "_method", "_params", "_pending", "_req_id")
+
+    def __init__(self, client: ShimClient, method: str, params: dict[str, Any], req_id: int,
+                 pending: _Pending) -> None:  # fmt: skip
+        self._client, self._method, self._params = client, method, params
+        self._req_id, self._pending = req_id, pending
+
+    def result(self, timeout: float | None = None) -> dict[str, Any]:
+        """Its result, or the error's errdefs class; ``timeout`` as ``ShimClient.call``'s."""
+        return self._client._result(self._method, self._params, self._req_id, self._pending, timeout)
+
+
 class ShimClient:
     def __init__(self, address: str, timeout: float = 5.0, notify_fd: int | None = None) -> None:
         """``notify_fd`` (an eventfd) is written on every event and when the connection ends,
@@ -231,10 +246,14 @@ class ShimClient:
         ``call_timeout`` bounds the wait for the reply (default: CALL_TIMEOUT plus any
         ``timeout`` parameter of the call itself, as ``wait`` takes).
         """
-        timeout = call_timeout
-        if timeout is None:
-            extra = params.get("timeout")
-            timeout = CALL_TIMEOUT + (extra if isinstance(extra, int | float) else 0)
+        return self.request(method, **params).result(call_timeout)
+
+    def request(self, method: str, /, **params: Any) -> Request:
+        """Send ``method`` now; the Request's ``result`` waits for its answer (as ``call``).
+
+        The shim answers a connection's requests in the order they came for those it handles
+        at once (``subscribe``), so one can be sent ahead of the next without waiting.
+        """
         req_id = next(self._ids)
         pending = _Pending()
         with self._lock:
@@ -248,6 +267,13 @@ class ShimClient:
             with self._lock:
                 self._pending.pop(req_id, None)
             raise Unavailable(f"shim connection lost: {exc}") from None
+        return Request(self, method, params, req_id, pending)
+
+    def _result(self, method: str, params: dict[str, Any], req_id: int, pending: _Pending,
+                timeout: float | None) -> dict[str, Any]:  # fmt: skip
+        if timeout is None:
+            extra = params.get("timeout")
+            timeout = CALL_TIMEOUT + (extra if isinstance(extra, int | float) else 0)
         deadline = time.monotonic() + timeout
         while not pending.event.wait(min(STOPPED_CHECK, max(0.0, deadline - time.monotonic()))):
             stopped = is_stopped(self.peer_pid)  # it cannot answer before SIGCONT
