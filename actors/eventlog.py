@@ -1,10 +1,12 @@
 """The Exchange's durable log: every envelope, numbered, before anyone sees it.
 
-An append-only sqlite table (WAL, ``synchronous=FULL``) in the root dir.  Each
+An append-only sqlite table (WAL, ``synchronous=NORMAL``) in the root dir.  Each
 envelope gets the next sequence number of this node and is committed before
 it is fanned out, so a subscriber that connects late (after a daemon restart,
 after its own crash) asks for everything since a sequence number or a time
-and misses nothing.  The log is bounded: the oldest entries beyond
+and misses nothing.  NORMAL survives any crash of the daemon (a commit is in
+the WAL file when it returns); a power cut may lose the last commits, and
+with them events about containers that the power cut ended anyway.  The log is bounded: the oldest entries beyond
 ``max_entries`` or older than ``max_age`` seconds are dropped as new ones come.
 """
 
