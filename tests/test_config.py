@@ -206,3 +206,22 @@ def test_a_bad_value_is_invalid_argument_naming_the_key_and_file(
     assert message.startswith(f"{path}: ")
     assert "\n" not in message
     assert re.search(expected, message), message
+
+
+def test_every_section_of_the_file_is_a_field_of_the_config() -> None:
+    from actors import _config_file
+
+    sections = [f.name for f in dataclasses.fields(config.Config)]
+    assert list(_config_file.DEFAULTS) == sections
+    for name in sections:
+        fields = [f.name for f in dataclasses.fields(getattr(config.Config(), name))]
+        assert list(_config_file.DEFAULTS[name]) == fields, name
+
+
+@pytest.mark.parametrize(
+    "path", ["/a/b", "/a//b/", "//a", "///a", "/", "//", "///", "a/./b", "./a", "", ".", "..", "a/../b", "/a/./"]
+)
+def test_path_text_is_what_pathlib_prints(path: str) -> None:
+    from actors import _config_file
+
+    assert _config_file.path_text(path) == str(Path(path))
