@@ -6,12 +6,13 @@ import argparse
 import os
 import signal
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from actors import config as configuration
-from actors import netopts
+from actors._config_file import DEFAULT_PATH, path_text
 from actors.errdefs import InvalidArgument
+
+# netopts.MODES (tests/test_cli.py checks that they agree): netopts itself would import dataclasses.
+NET_MODES = ("none", "host", "bridge")
 
 SIGNALS = {s.name: int(s) for s in signal.Signals}
 
@@ -85,7 +86,7 @@ def _resources(a: argparse.Namespace) -> dict[str, Any]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="contactor", description="A container runtime built as an actor system.")
-    p.add_argument("--config", type=Path, help=f"configuration file (default {configuration.DEFAULT_PATH})")
+    p.add_argument("--config", type=path_text, help=f"configuration file (default {DEFAULT_PATH})")
     p.add_argument("-a", "--address", help="the daemon's socket (default from the config)")
     p.add_argument("-n", "--namespace", default=os.environ.get("CONTACTOR_NAMESPACE", "default"))
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -115,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--cpus", type=float)
         c.add_argument("--pids-limit", type=int)
         c.add_argument("--restart", metavar="POLICY", help="no, on-failure[:N], always or unless-stopped")
-        c.add_argument("--net", choices=netopts.MODES, help="the container's network (default from the config)")
+        c.add_argument("--net", choices=NET_MODES, help="the container's network (default from the config)")
         c.add_argument("--ip", help="a specific address on the bridge (--net bridge)")
         c.add_argument("--publish", "-p", action="append", default=[], metavar="HOST:CTR[/tcp|udp]",
                        help="publish a container port on the host's addresses (--net bridge)")

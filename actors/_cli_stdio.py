@@ -6,16 +6,15 @@ import contextlib
 import os
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 
-def _private_dir(base: Path, prefix: str) -> Path:
+def _private_dir(base: str, prefix: str) -> str:
     """A new directory of ours under ``base`` (tempfile.mkdtemp's job, without tempfile's import)."""
     while True:
-        path = base / f"{prefix}{os.urandom(6).hex()}"
+        path = os.path.join(base, f"{prefix}{os.urandom(6).hex()}")
         try:
-            path.mkdir(mode=0o700)
+            os.mkdir(path, 0o700)
         except FileExistsError:
             continue
         return path
@@ -24,16 +23,16 @@ def _private_dir(base: Path, prefix: str) -> Path:
 class _Relay:
     """FIFOs for a task's stdio in a private directory, copied to and from our own fds."""
 
-    def __init__(self, state: Path, stdin: bool, terminal: bool) -> None:
-        base = state / "fifo"
-        base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    def __init__(self, state: str, stdin: bool, terminal: bool) -> None:
+        base = os.path.join(state, "fifo")
+        os.makedirs(base, mode=0o700, exist_ok=True)
         self.dir = _private_dir(base, "io-")
         self.terminal = terminal
-        self.paths = {"stdout": str(self.dir / "stdout")}
+        self.paths = {"stdout": os.path.join(self.dir, "stdout")}
         if not terminal:
-            self.paths["stderr"] = str(self.dir / "stderr")
+            self.paths["stderr"] = os.path.join(self.dir, "stderr")
         if stdin:
-            self.paths["stdin"] = str(self.dir / "stdin")
+            self.paths["stdin"] = os.path.join(self.dir, "stdin")
         for path in self.paths.values():
             os.mkfifo(path, 0o600)
         self.threads = [self._copy_out("stdout", 1)]

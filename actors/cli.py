@@ -12,32 +12,35 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from actors import config as configuration
-from actors import netopts, restart
+from actors import _config_file
 from actors._cli_args import _constraints, _pairs, _parser, _resources, _since
-from actors._cli_stdio import _raw_terminal, _Relay
-from actors.client import Client, Task
+from actors._config_file import path_text
+from actors.client import Client
 from actors.errdefs import EXIT_CODES, ContactorError, InvalidArgument, NotFound
-from actors.identifiers import validate
-from actors.spec import default_spec
+
+if TYPE_CHECKING:
+    from actors.client import Task
+    from actors.config import Config
 
 __all__ = ["main"]
 
+# A command imports what only it needs (netopts, restart, spec, the stdio relay, json, dataclasses) when it
+# runs: every command pays for the imports at the top, and most of a command's time is its start-up.
+
 
 class Commands:
-    def __init__(self, args: argparse.Namespace, cfg: configuration.Config) -> None:
+    def __init__(self, args: argparse.Namespace, settings: dict[str, dict[str, Any]]) -> None:
+        """``settings``: the configuration file's checked values (``actors._config_file.read``)."""
         self.args = args
-        self.cfg = cfg
-        self.address = str(args.address or cfg.daemon.address)
+        self.settings = settings
+        self.address = str(args.address or path_text(settings["daemon"]["address"]))
         self._client: Client | None = None
 
     @property
@@ -70,6 +73,9 @@ class Commands:
         a = self.args
         if not a.args:
             raise InvalidArgument("a command to run in the container is required")
+        from actors.identifiers import validate
+        from actors.spec import default_spec
+
         resources = _resources(a)
         cid = validate(a.id, "container id")
         # No cgroupsPath: where a task's cgroup goes is the daemon's decision.
@@ -78,16 +84,21 @@ class Commands:
 
     def containers_create(self) -> int:
         a = self.args
-        rootfs = Path(a.rootfs).resolve()
-        if not (rootfs / "bin").is_dir():
+        rootfs = os.path.realpath(a.rootfs)
+        if not os.path.isdir(os.path.join(rootfs, "bin")):
             raise InvalidArgument(f"rootfs {a.rootfs} has no bin/: build one with scripts/mkrootfs")
         labels = _pairs(a.label, "label")
         if a.restart:
+            from actors import restart
+
             restart.parse(a.restart)
             labels[restart.LABEL] = a.restart
-        labels.update(netopts.to_labels(a.net, a.ip or "", a.publish))
-        record = self.client.create_container(a.id, self._spec(), str(rootfs), a.runtime or self.cfg.runtime.name,
-                                              labels)  # fmt: skip
+        if a.net is not None or a.ip or a.publish:
+            from actors import netopts
+
+            labels.update(netopts.to_labels(a.net, a.ip or "", a.publish))
+        runtime = a.runtime or self.settings["runtime"]["name"]
+        record = self.client.create_container(a.id, self._spec(), rootfs, runtime, labels)
         self.out(record, lambda: None)
         return 0
 
@@ -125,14 +136,16 @@ class Commands:
     # tasks
     def _attached(self, cid: str, detach: bool, stdin: bool, tty: bool) -> int:
         if detach:
-            task = self.client.create_task(cid)
+            pid = self._create_task(cid)["pid"]
             self.client.start(cid)
-            self.out({"id": cid, "pid": task.pid}, lambda: print(task.pid))
+            self.out({"id": cid, "pid": pid}, lambda: print(pid))
             return 0
-        relay = _Relay(Path(self.cfg.daemon.state), stdin or tty, tty)
+        from actors._cli_stdio import _raw_terminal, _Relay
+
+        relay = _Relay(path_text(self.settings["daemon"]["state"]), stdin or tty, tty)
         try:
-            self.client.create_task(cid, stdin=relay.paths.get("stdin", ""), stdout=relay.paths["stdout"],
-                                    stderr=relay.paths.get("stderr", ""), terminal=tty)  # fmt: skip
+            self._create_task(cid, stdin=relay.paths.get("stdin", ""), stdout=relay.paths["stdout"],
+                              stderr=relay.paths.get("stderr", ""), terminal=tty)  # fmt: skip
             forward = self._forward_signals(cid)
             with _raw_terminal(tty):
                 if tty and os.isatty(0):
@@ -146,6 +159,13 @@ class Commands:
             return status
         finally:
             relay.remove()
+
+    def _create_task(self, cid: str, stdin: str = "", stdout: str = "", stderr: str = "",
+                     terminal: bool = False) -> dict[str, Any]:  # fmt: skip
+        """``Client.create_task``'s call, answering the task's map: a Task would import dataclasses."""
+        result = self.client.call("tasks.create", id=cid, stdin=stdin, stdout=stdout, stderr=stderr,
+                                  terminal=terminal)  # fmt: skip
+        return dict(result["task"])
 
     def _resize(self, cid: str) -> None:
         with contextlib.suppress(OSError, ContactorError):
@@ -175,18 +195,21 @@ class Commands:
 
     def tasks_ls(self) -> int:
         all_nodes = self.args.all_nodes
-        tasks = self.client.list_tasks(all_nodes=all_nodes)
+        # The tasks' maps as the daemon sends them (a Task's fields, in order): Client.list_tasks's Tasks
+        # would import dataclasses.
+        params: dict[str, Any] = {"all_nodes": True, "node": None} if all_nodes else {}
+        tasks: list[dict[str, Any]] = self.client.call("tasks.list", **params)["tasks"]
 
         def text() -> None:
             node = f"{'NODE':<16} " if all_nodes else ""
             print(f"{node}{'TASK':<24} {'PID':>8} {'STATUS':<8} {'EXIT':>4} {'RESTARTS':>8} {'NET':<6} ADDRESS")
             for t in tasks:
-                exit_status = "" if t.status != "stopped" else str(t.exit_status)
-                node = f"{t.node:<16} " if all_nodes else ""
-                print(f"{node}{t.id:<24} {t.pid:>8} {t.status.upper():<8} {exit_status:>4} {t.restarts:>8} "
-                      f"{t.network:<6} {t.address}")  # fmt: skip
+                exit_status = "" if t["status"] != "stopped" else str(t["exit_status"])
+                node = f"{t['node']:<16} " if all_nodes else ""
+                print(f"{node}{t['id']:<24} {t['pid']:>8} {t['status'].upper():<8} {exit_status:>4} "
+                      f"{t['restarts']:>8} {t['network']:<6} {t['address']}")  # fmt: skip
 
-        self.out([_task_dict(t) for t in tasks], text)
+        self.out(tasks, text)
         return 0
 
     def tasks_ps(self) -> int:
@@ -231,7 +254,9 @@ class Commands:
             self.client.exec(a.id, a.exec_id, a.args, terminal=a.tty)
             print(self.client.start(a.id, a.exec_id))
             return 0
-        relay = _Relay(Path(self.cfg.daemon.state), a.interactive or a.tty, a.tty)
+        from actors._cli_stdio import _raw_terminal, _Relay
+
+        relay = _Relay(path_text(self.settings["daemon"]["state"]), a.interactive or a.tty, a.tty)
         try:
             self.client.exec(a.id, a.exec_id, a.args, stdin=relay.paths.get("stdin", ""),
                              stdout=relay.paths["stdout"], stderr=relay.paths.get("stderr", ""),
@@ -326,21 +351,37 @@ class Commands:
         from actors.daemon import run
         from actors.logs import configure
 
-        cfg = self.cfg
+        cfg = _daemon_config(self.args, self.settings)
         stream = open(cfg.log.file, "a", buffering=1) if cfg.log.file else sys.stderr  # noqa: SIM115
         configure(cfg.log.format, self.args.log_level or cfg.log.level, stream)
         return run(cfg)
 
 
 def _task_dict(t: Task) -> dict[str, Any]:
+    import dataclasses
+
     return dataclasses.asdict(t)
 
 
 # -- argument parsing -----------------------------------------------------------------------------------
-def _config(args: argparse.Namespace) -> configuration.Config:
+def _settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The configuration file's checked values: --config's, else the default file's, else the defaults."""
+    if args.config:
+        return _config_file.read(args.config)
+    if os.path.exists(_config_file.DEFAULT_PATH):
+        return _config_file.read(_config_file.DEFAULT_PATH)
+    return _config_file.DEFAULTS
+
+
+def _daemon_config(args: argparse.Namespace, settings: dict[str, dict[str, Any]]) -> Config:
+    """The daemon's Config: the file's, with --root, --state, --address and --admin-port."""
+    import dataclasses
+    from pathlib import Path
+
+    from actors import config as configuration
+
     replace = dataclasses.replace
-    path = args.config or (configuration.DEFAULT_PATH if configuration.DEFAULT_PATH.exists() else None)
-    cfg = configuration.load(path)
+    cfg = configuration.from_values(settings)
     daemon = cfg.daemon
     if getattr(args, "root", None):
         daemon = replace(daemon, root=Path(args.root))
@@ -359,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "args", None) and args.args[0] == "--":
         args.args = args.args[1:]
     try:
-        commands = Commands(args, _config(args))
+        commands = Commands(args, _settings(args))
         return int(getattr(commands, args.func)())
     except ContactorError as exc:
         print(f"contactor: {exc.category.replace('_', ' ')}: {exc.message}", file=sys.stderr)

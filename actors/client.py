@@ -16,11 +16,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from actors import netopts, wire
+from actors import wire
 from actors.errdefs import FailedPrecondition, Unavailable, from_category
-from actors.taskinfo import TaskInfo
+
+if TYPE_CHECKING:
+    # A task as the daemon describes it: the RuntimeActor's own TaskInfo.
+    from actors.taskinfo import TaskInfo as Task
 
 __all__ = ["Client", "Task", "EventsLost", "DEFAULT_ADDRESS", "CALL_TIMEOUT"]
 
@@ -28,8 +31,13 @@ DEFAULT_ADDRESS: Final = "/run/contactor/contactor.sock"
 CALL_TIMEOUT: Final = 120.0
 
 
-# A task as the daemon describes it: the RuntimeActor's own TaskInfo.
-Task = TaskInfo
+def __getattr__(name: str) -> Any:
+    """``Task`` (TaskInfo), imported when first used: a dataclass, whose import the command line can skip."""
+    if name == "Task":
+        from actors.taskinfo import TaskInfo
+
+        return TaskInfo
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # Frames an event stream holds in memory before its connection stops being read (the daemon then waits).
@@ -192,7 +200,11 @@ class Client:
     ) -> dict[str, Any]:  # fmt: skip
         """A container record.  ``net`` (none, host or bridge; None: the daemon's default), ``ip`` (an
         address on the bridge) and ``ports`` (``HOST:CTR[/tcp|udp]``) become its network labels."""
-        labels = {**(labels or {}), **netopts.to_labels(net, ip, ports)}
+        labels = dict(labels or {})
+        if net is not None or ip or ports:
+            from actors import netopts
+
+            labels.update(netopts.to_labels(net, ip, ports))
         result = self.call("containers.create", id=id, spec=spec, rootfs=rootfs, runtime=runtime,
                            labels=labels, image=image)  # fmt: skip
         return dict(result["container"])
@@ -213,17 +225,21 @@ class Client:
     # -- tasks --------------------------------------------------------------------------------------------
     def create_task(self, id: str, stdin: str = "", stdout: str = "", stderr: str = "",
                     terminal: bool = False) -> Task:  # fmt: skip
+        from actors.taskinfo import TaskInfo
+
         result = self.call(
             "tasks.create", id=id, stdin=stdin, stdout=stdout, stderr=stderr, terminal=terminal
         )
-        return Task(**result["task"])
+        return TaskInfo(**result["task"])
 
     def list_tasks(self, all_nodes: bool = False) -> list[Task]:
         """This node's tasks (or ``node``'s); ``all_nodes``: every node's, each with its ``node``, and the
         last known tasks of a lost node with status ``unknown``."""
+        from actors.taskinfo import TaskInfo
+
         if all_nodes:
-            return [Task(**t) for t in self.call("tasks.list", all_nodes=True, node=None)["tasks"]]
-        return [Task(**t) for t in self.call("tasks.list")["tasks"]]
+            return [TaskInfo(**t) for t in self.call("tasks.list", all_nodes=True, node=None)["tasks"]]
+        return [TaskInfo(**t) for t in self.call("tasks.list")["tasks"]]
 
     # -- nodes --------------------------------------------------------------------------------------------
     def list_nodes(self) -> list[dict[str, Any]]:

@@ -177,3 +177,19 @@ def test_update_and_metrics_from_the_command_line(daemon: Daemon, rootfs: str) -
     r = contactor(daemon, "tasks", "update", "m1")
     assert r.returncode == EXIT_CODES["invalid_argument"]
     assert contactor(daemon, "tasks", "rm", "-f", "m1").returncode == 0
+
+
+def test_the_parser_offers_every_network_mode() -> None:
+    from actors import netopts
+    from actors._cli_args import NET_MODES
+
+    assert NET_MODES == netopts.MODES
+
+
+def test_the_client_names_the_task_type() -> None:
+    from actors import client
+    from actors.taskinfo import TaskInfo
+
+    assert client.Task is TaskInfo
+    with pytest.raises(AttributeError):
+        client.Tasks  # noqa: B018
