@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from actors._config_file import DEFAULT_PATH, path_text
@@ -81,7 +81,34 @@ def _resources(a: argparse.Namespace) -> dict[str, Any]:
     return resources
 
 
-# -- stdio relay ------------------------------------------------------------------------------------------
+class _Lazy(argparse.ArgumentParser):
+    """A command's parser whose arguments ``add(parser)`` adds when it is first used, to parse or for help.
+
+    A command then builds its own parser and its group's, not the twenty-odd of every command, each of
+    which costs its start-up a fraction of a millisecond.
+    """
+
+    def __init__(self, *args: Any, add: Callable[[argparse.ArgumentParser], object] | None = None,
+                 **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(*args, **kwargs)
+        self._add = add
+
+    def _complete(self) -> None:
+        if self._add is not None:
+            add, self._add = self._add, None
+            add(self)
+
+    def parse_known_args(self, *args: Any, **kwargs: Any) -> Any:
+        self._complete()
+        return super().parse_known_args(*args, **kwargs)
+
+    def format_usage(self) -> str:
+        self._complete()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self._complete()
+        return super().format_help()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,124 +118,146 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--namespace", default=os.environ.get("CONTACTOR_NAMESPACE", "default"))
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--node", help="send container and task commands to this node of the cluster")
-    sub = p.add_subparsers(dest="group", required=True)
+    sub = p.add_subparsers(dest="group", required=True, parser_class=_Lazy)
+    sub.add_parser("daemon", help="run the daemon in the foreground", add=_daemon).set_defaults(func="daemon")
+    sub.add_parser("containers", aliases=["c", "container"], help="container records", add=_containers)
+    sub.add_parser("tasks", aliases=["t", "task"], help="running containers", add=_tasks)
+    sub.add_parser("run", help="create a container and run its task", add=_run).set_defaults(func="run")
+    sub.add_parser("nodes", aliases=["node"], help="the cluster's nodes", add=_nodes)
+    sub.add_parser("events", help="stream events", add=_events).set_defaults(func="events")
+    return p
 
-    d = sub.add_parser("daemon", help="run the daemon in the foreground")
+
+def _daemon(d: argparse.ArgumentParser) -> None:
     d.add_argument("--root")
     d.add_argument("--state")
     d.add_argument("--address", dest="daemon_address", help="the Gateway socket to listen on")
     d.add_argument("--admin-port", type=int)
     d.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
-    d.set_defaults(func="daemon")
 
-    def node_option(c: argparse.ArgumentParser) -> None:
-        c.add_argument("--node", default=argparse.SUPPRESS, help="the cluster node to send this to")
 
-    def create_options(c: argparse.ArgumentParser) -> None:
-        node_option(c)
-        c.add_argument("--rootfs", required=True, help="root filesystem directory")
-        c.add_argument("--runtime", choices=("runc", "crun"))
-        c.add_argument("--label", action="append", default=[], metavar="K=V")
-        c.add_argument("--env", "-e", action="append", default=[], metavar="K=V")
-        c.add_argument("--cwd", default="/")
-        c.add_argument("--tty", "-t", action="store_true")
-        c.add_argument("--memory-limit", type=int, metavar="BYTES")
-        c.add_argument("--cpus", type=float)
-        c.add_argument("--pids-limit", type=int)
-        c.add_argument("--restart", metavar="POLICY", help="no, on-failure[:N], always or unless-stopped")
-        c.add_argument("--net", choices=NET_MODES, help="the container's network (default from the config)")
-        c.add_argument("--ip", help="a specific address on the bridge (--net bridge)")
-        c.add_argument("--publish", "-p", action="append", default=[], metavar="HOST:CTR[/tcp|udp]",
-                       help="publish a container port on the host's addresses (--net bridge)")
-        c.add_argument("id")
-        c.add_argument("args", nargs=argparse.REMAINDER)
+def _node_option(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--node", default=argparse.SUPPRESS, help="the cluster node to send this to")
 
-    cont = sub.add_parser("containers", aliases=["c", "container"], help="container records")
+
+def _create_options(c: argparse.ArgumentParser) -> None:
+    _node_option(c)
+    c.add_argument("--rootfs", required=True, help="root filesystem directory")
+    c.add_argument("--runtime", choices=("runc", "crun"))
+    c.add_argument("--label", action="append", default=[], metavar="K=V")
+    c.add_argument("--env", "-e", action="append", default=[], metavar="K=V")
+    c.add_argument("--cwd", default="/")
+    c.add_argument("--tty", "-t", action="store_true")
+    c.add_argument("--memory-limit", type=int, metavar="BYTES")
+    c.add_argument("--cpus", type=float)
+    c.add_argument("--pids-limit", type=int)
+    c.add_argument("--restart", metavar="POLICY", help="no, on-failure[:N], always or unless-stopped")
+    c.add_argument("--net", choices=NET_MODES, help="the container's network (default from the config)")
+    c.add_argument("--ip", help="a specific address on the bridge (--net bridge)")
+    c.add_argument("--publish", "-p", action="append", default=[], metavar="HOST:CTR[/tcp|udp]",
+                   help="publish a container port on the host's addresses (--net bridge)")
+    c.add_argument("id")
+    c.add_argument("args", nargs=argparse.REMAINDER)
+
+
+def _with_node(add: Callable[[argparse.ArgumentParser], object]) -> Callable[[argparse.ArgumentParser], object]:
+    """A command's arguments, then --node (last: it comes last in the usage line)."""
+
+    def arguments(c: argparse.ArgumentParser) -> None:
+        add(c)
+        _node_option(c)
+
+    return arguments
+
+
+def _containers(cont: argparse.ArgumentParser) -> None:
     cs = cont.add_subparsers(dest="cmd", required=True)
-    c = cs.add_parser("create")
-    create_options(c)
-    c.set_defaults(func="containers_create")
-    c = cs.add_parser("ls", aliases=["list"])
-    c.add_argument("filters", nargs="*")
-    c.set_defaults(func="containers_ls")
-    c = cs.add_parser("info")
-    c.add_argument("id")
-    c.set_defaults(func="containers_info")
-    c = cs.add_parser("rm", aliases=["delete", "del", "remove"])
-    c.add_argument("ids", nargs="+")
-    c.set_defaults(func="containers_rm")
-    c = cs.add_parser("label")
-    c.add_argument("id")
-    c.add_argument("labels", nargs="+", metavar="K=V")
-    c.set_defaults(func="containers_label")
+    cs.add_parser("create", add=_create_options).set_defaults(func="containers_create")
+    cs.add_parser("ls", aliases=["list"], add=_with_node(lambda c: c.add_argument("filters", nargs="*"))
+                  ).set_defaults(func="containers_ls")  # fmt: skip
+    cs.add_parser("info", add=_with_node(lambda c: c.add_argument("id"))).set_defaults(func="containers_info")
+    cs.add_parser("rm", aliases=["delete", "del", "remove"], add=_with_node(lambda c: c.add_argument("ids", nargs="+"))
+                  ).set_defaults(func="containers_rm")  # fmt: skip
 
-    tasks = sub.add_parser("tasks", aliases=["t", "task"], help="running containers")
+    def label(c: argparse.ArgumentParser) -> None:
+        c.add_argument("id")
+        c.add_argument("labels", nargs="+", metavar="K=V")
+
+    cs.add_parser("label", add=_with_node(label)).set_defaults(func="containers_label")
+
+
+def _tasks(tasks: argparse.ArgumentParser) -> None:
     ts = tasks.add_subparsers(dest="cmd", required=True)
-    t = ts.add_parser("start")
-    t.add_argument("--detach", "-d", action="store_true")
-    t.add_argument("--interactive", "-i", action="store_true", help="relay our stdin")
-    t.add_argument("id")
-    t.set_defaults(func="tasks_start")
-    t = ts.add_parser("ls", aliases=["list"])
-    t.add_argument("--all-nodes", action="store_true", help="every node's tasks, with their node")
-    t.set_defaults(func="tasks_ls")
-    for name in ("ps", "pause", "resume", "metrics"):
-        t = ts.add_parser(name)
+
+    def start(t: argparse.ArgumentParser) -> None:
+        t.add_argument("--detach", "-d", action="store_true")
+        t.add_argument("--interactive", "-i", action="store_true", help="relay our stdin")
         t.add_argument("id")
-        t.set_defaults(func=f"tasks_{name}")
-    t = ts.add_parser("update", help="change a running task's resource limits")
-    t.add_argument("--memory-limit", type=int, metavar="BYTES")
-    t.add_argument("--cpus", type=float)
-    t.add_argument("--pids-limit", type=int)
-    t.add_argument("id")
-    t.set_defaults(func="tasks_update")
-    t = ts.add_parser("kill")
-    t.add_argument("--signal", "-s", type=_signal, default=signal.SIGTERM)
-    t.add_argument("--all", "-a", action="store_true")
-    t.add_argument("--exec-id", default="")
-    t.add_argument("id")
-    t.set_defaults(func="tasks_kill")
-    t = ts.add_parser("wait")
-    t.add_argument("--exec-id", default="")
-    t.add_argument("id")
-    t.set_defaults(func="tasks_wait")
-    t = ts.add_parser("rm", aliases=["delete", "del", "remove"])
-    t.add_argument("--force", "-f", action="store_true")
-    t.add_argument("--exec-id", default="")
-    t.add_argument("ids", nargs="+")
-    t.set_defaults(func="tasks_rm")
-    t = ts.add_parser("exec")
-    t.add_argument("--exec-id", required=True)
-    t.add_argument("--tty", "-t", action="store_true")
-    t.add_argument("--interactive", "-i", action="store_true")
-    t.add_argument("--detach", "-d", action="store_true")
-    t.add_argument("id")
-    t.add_argument("args", nargs=argparse.REMAINDER)
-    t.set_defaults(func="tasks_exec")
 
-    for group, skip in ((ts, ()), (cs, ("create",))):
-        for name, parser in {id(v): (k, v) for k, v in group.choices.items()}.values():
-            if name not in skip:
-                node_option(parser)
+    ts.add_parser("start", add=_with_node(start)).set_defaults(func="tasks_start")
+    ls = _with_node(lambda t: t.add_argument("--all-nodes", action="store_true",
+                                             help="every node's tasks, with their node"))  # fmt: skip
+    ts.add_parser("ls", aliases=["list"], add=ls).set_defaults(func="tasks_ls")
+    for name in ("ps", "pause", "resume", "metrics"):
+        ts.add_parser(name, add=_with_node(lambda t: t.add_argument("id"))).set_defaults(func=f"tasks_{name}")
 
-    r = sub.add_parser("run", help="create a container and run its task")
+    def update(t: argparse.ArgumentParser) -> None:
+        t.add_argument("--memory-limit", type=int, metavar="BYTES")
+        t.add_argument("--cpus", type=float)
+        t.add_argument("--pids-limit", type=int)
+        t.add_argument("id")
+
+    ts.add_parser("update", help="change a running task's resource limits", add=_with_node(update)
+                  ).set_defaults(func="tasks_update")  # fmt: skip
+
+    def kill(t: argparse.ArgumentParser) -> None:
+        t.add_argument("--signal", "-s", type=_signal, default=signal.SIGTERM)
+        t.add_argument("--all", "-a", action="store_true")
+        t.add_argument("--exec-id", default="")
+        t.add_argument("id")
+
+    ts.add_parser("kill", add=_with_node(kill)).set_defaults(func="tasks_kill")
+
+    def wait(t: argparse.ArgumentParser) -> None:
+        t.add_argument("--exec-id", default="")
+        t.add_argument("id")
+
+    ts.add_parser("wait", add=_with_node(wait)).set_defaults(func="tasks_wait")
+
+    def rm(t: argparse.ArgumentParser) -> None:
+        t.add_argument("--force", "-f", action="store_true")
+        t.add_argument("--exec-id", default="")
+        t.add_argument("ids", nargs="+")
+
+    ts.add_parser("rm", aliases=["delete", "del", "remove"], add=_with_node(rm)).set_defaults(func="tasks_rm")
+
+    def exec_(t: argparse.ArgumentParser) -> None:
+        t.add_argument("--exec-id", required=True)
+        t.add_argument("--tty", "-t", action="store_true")
+        t.add_argument("--interactive", "-i", action="store_true")
+        t.add_argument("--detach", "-d", action="store_true")
+        t.add_argument("id")
+        t.add_argument("args", nargs=argparse.REMAINDER)
+
+    ts.add_parser("exec", add=_with_node(exec_)).set_defaults(func="tasks_exec")
+
+
+def _run(r: argparse.ArgumentParser) -> None:
     r.add_argument("--rm", action="store_true", help="remove task and container after it exits")
     r.add_argument("--detach", "-d", action="store_true")
     r.add_argument("--interactive", "-i", action="store_true")
     r.add_argument("--constraint", action="append", default=[], metavar="K=V",
                    help="run on a live node whose labels match (node=NAME matches its name), "
                    "or with at least this much free memory or cpus (mem>=2G, cpus>=4)")
-    create_options(r)
-    r.set_defaults(func="run")
+    _create_options(r)
 
-    nodes = sub.add_parser("nodes", aliases=["node"], help="the cluster's nodes")
+
+def _nodes(nodes: argparse.ArgumentParser) -> None:
     ns_ = nodes.add_subparsers(dest="cmd", required=True)
-    n = ns_.add_parser("ls", aliases=["list"])
-    n.set_defaults(func="nodes_ls")
+    ns_.add_parser("ls", aliases=["list"]).set_defaults(func="nodes_ls")
 
-    e = sub.add_parser("events", help="stream events")
+
+def _events(e: argparse.ArgumentParser) -> None:
     e.add_argument("--since", help="replay logged events after a sequence number, or since a time "
                    "(seconds since the epoch, or ISO 8601 like 2026-11-29T10:00:00)")  # fmt: skip
     e.add_argument("filters", nargs="*")
-    e.set_defaults(func="events")
-    return p
