@@ -165,9 +165,9 @@ def to_result(reply: Any) -> dict[str, Any]:
     if isinstance(reply, ContainerList):
         return {"containers": list(reply.records)}
     if isinstance(reply, TaskInfo):
-        return {"task": asdict(reply)}
+        return {"task": reply.as_dict()}
     if isinstance(reply, TaskList):
-        return {"tasks": [asdict(t) for t in reply.tasks]}
+        return {"tasks": [t.as_dict() for t in reply.tasks]}
     if isinstance(reply, TaskReply):
         return dict(reply.result)
     if isinstance(reply, HealthReply):

@@ -7,7 +7,8 @@ call about 15 ms.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 __all__ = ["TaskInfo"]
 
@@ -28,3 +29,11 @@ class TaskInfo:
     network: str = ""  # none, host or bridge
     address: str = ""  # the task's address on the bridge
     node: str = ""  # the node it runs on (filled in by a cluster-wide listing)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Its fields as a map: what ``dataclasses.asdict`` gives (every field is a plain value),
+        without its deep copy, which took 5.6 ms of a 500-task listing."""
+        return {name: getattr(self, name) for name in _FIELDS}
+
+
+_FIELDS = tuple(f.name for f in fields(TaskInfo))
