@@ -77,6 +77,12 @@ def test_a_valid_mac_still_admits_only_known_classes(tmp_path: Path) -> None:
 
     msg = Ask(3, TaskRequest("ns", "id", "kill", {"signal": 9}))
     assert s.loads(s.dumps(msg)) == msg
+    from actors.messages import TaskList
+    from actors.taskinfo import TaskInfo
+
+    listing = TaskList((TaskInfo("ns", "a", 7, "running", -1, 0.0, 8, "/b/a", 1.5, 9, 2, "bridge", "10.88.0.2", "n1"),
+                        TaskInfo("ns", "b", 0, "stopped", 137, 2.5, 0, "/b/b", 1.0)))  # fmt: skip
+    assert s.loads(s.dumps(listing)) == listing  # TaskInfo pickles as its values (its __reduce__)
     with pytest.raises(Refused, match="key"):
         Serializer(b"x" * 32).loads(s.dumps(msg))
     with pytest.raises(Refused):
