@@ -101,4 +101,54 @@ def test_transport_tuning_renders_the_same_text_only_when_asked() -> None:
     assert str(lazy) == envelope_text == str(env)
     assert Loud.rendered == before + 2
     assert "loud message" in str(transport.TransmitIntent("target", Loud()))
-    assert TCPTransport.selectors.DefaultSelector is selectors.PollSelector
+    from actors.thespian_tuning import _Poll
+
+    assert TCPTransport.selectors.DefaultSelector is _Poll
+
+
+def test_the_transport_s_poll_answers_as_the_poll_selector() -> None:
+    """The loop's stand-in selector gives what selectors.PollSelector gives, case by case."""
+    import os
+    import socket
+
+    from actors.thespian_tuning import _Poll
+
+    def run(make: type, read: list[int], write: list[int], timeout: float | None) -> list[tuple[int, int]]:
+        sel = make()
+        try:
+            for fd in read:
+                sel.register(fd, selectors.EVENT_READ)
+            for fd in write:
+                sel.register(fd, selectors.EVENT_WRITE)
+            return sorted((key.fd, events) for key, events in sel.select(timeout))
+        finally:
+            sel.close()
+
+    a, b = socket.socketpair()
+    r, w = os.pipe()
+    closed_r, closed_w = os.pipe()
+    os.close(closed_w)  # its read end is at EOF: readable
+    try:
+        cases = [
+            ([a.fileno(), r], [], 0),  # nothing to read
+            ([], [a.fileno(), w], 0),  # writable
+            ([closed_r], [], 0.01),  # EOF
+        ]
+        b.send(b"x")
+        cases.append(([a.fileno(), r], [b.fileno()], None))  # a readable, b writable
+        for read, write, timeout in cases:
+            assert run(_Poll, read, write, timeout) == run(selectors.PollSelector, read, write, timeout)
+        assert run(_Poll, [r], [], 0.05) == []  # a timeout
+        for make in (_Poll, selectors.PollSelector):
+            sel = make()
+            sel.register(r, selectors.EVENT_READ)
+            with pytest.raises(KeyError):
+                sel.register(r, selectors.EVENT_WRITE)
+            with pytest.raises(ValueError):
+                sel.register(-1, selectors.EVENT_READ)
+            sel.close()
+    finally:
+        a.close()
+        b.close()
+        for fd in (r, w, closed_r):
+            os.close(fd)
