@@ -113,12 +113,12 @@ class TaskActor(TaskRestore):
             "stderr": stdio.stderr,
             "terminal": stdio.terminal,
         }
-        # The answer's way (through the RuntimeActor) goes first; the event and the cgroup watch
-        # follow on their own path, in their order.
-        self.send(self.runtime_parent, TaskReady(self.info, reply_to, Answer(ask.corr, self.info), self._incarnation))
+        # The event is on its way before the answer: a client that has the answer and then loses the
+        # daemon has not lost the event with it (it is not published again on restore).
         self._publish("/tasks/create", {"container_id": setup.id, "bundle": str(self.bundle), "rootfs": [],
                                         "io": io, "checkpoint": "", "pid": pid}, key=self._key("create"))  # fmt: skip
         self._monitor(pid)
+        self.send(self.runtime_parent, TaskReady(self.info, reply_to, Answer(ask.corr, self.info), self._incarnation))
         self.log.info("task_created", pid=pid, shim_pid=self.shim_pid)
         if setup.start:
             self._publish("/tasks/start", {"container_id": setup.id, "pid": pid}, key=self._key("start", pid))
@@ -185,9 +185,9 @@ class TaskActor(TaskRestore):
             if not exec_id:
                 self.state["started_at"] = time.time()
                 self._save_state()
-                self._update_info(ask.reply_to or sender, Answer(ask.corr, TaskReply(result)), status="running")
                 self._publish("/tasks/start", {"container_id": msg.id, "pid": result.get("pid")},
                               key=self._key("start", result.get("pid")))  # fmt: skip
+                self._update_info(ask.reply_to or sender, Answer(ask.corr, TaskReply(result)), status="running")
                 return None
             return TaskReply(result)
         if op == "kill":
@@ -198,9 +198,9 @@ class TaskActor(TaskRestore):
             return TaskReply(self.client.call("kill", **params))
         if op in ("pause", "resume"):
             result = self.client.call(op)
+            self._publish(f"/tasks/{op}d", {"container_id": msg.id})
             self._update_info(ask.reply_to or sender, Answer(ask.corr, TaskReply(result)),
                               status="paused" if op == "pause" else "running")  # fmt: skip
-            self._publish(f"/tasks/{op}d", {"container_id": msg.id})
             return None
         if op == "checkpoint":
             result = self.client.call("checkpoint", **params)
