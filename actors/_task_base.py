@@ -175,7 +175,7 @@ class TaskBase(ContactorActor):
         self.client = ShimClient(str(self.bundle / "shim.sock"), notify_fd=self.notify_fd)
         self.pidfd = os.pidfd_open(self.shim_pid)
         self.watched = [self.notify_fd, self.pidfd]
-        subscribed = self.client.request("subscribe", **({} if since is None else {"since": since}))
+        subscribed = self.client.subscribing(since)
         if wait:
             subscribed.result()
         return subscribed

@@ -24,7 +24,6 @@ from actors._cli_base import Base
 from actors.errdefs import EXIT_CODES, ContactorError, InvalidArgument
 
 if TYPE_CHECKING:
-    from actors.client import Task
     from actors.config import Config
 
 __all__ = ["main"]
@@ -84,7 +83,7 @@ class Commands(Base):
         """The record, and its task (with the task's network and address) when it has one."""
         info = self.client.get_container(self.args.id)
         tasks = [t for t in self.client.list_tasks() if t.id == self.args.id]
-        info["task"] = _task_dict(tasks[0]) if tasks else None
+        info["task"] = tasks[0].as_dict() if tasks else None
         import json
 
         print(json.dumps(info, indent=2, default=str))
@@ -254,12 +253,6 @@ class Commands(Base):
         stream = open(cfg.log.file, "a", buffering=1) if cfg.log.file else sys.stderr  # noqa: SIM115
         configure(cfg.log.format, self.args.log_level or cfg.log.level, stream)
         return run(cfg)
-
-
-def _task_dict(t: Task) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(t)
 
 
 # -- argument parsing -----------------------------------------------------------------------------------

@@ -294,8 +294,11 @@ class ShimClient:
 
     def subscribe(self, since: int | None = None) -> int:
         """Start receiving events (after replaying those after ``since``); returns the current seq."""
-        result = self.call("subscribe", since=since) if since is not None else self.call("subscribe")
-        return int(result["seq"])
+        return int(self.subscribing(since).result()["seq"])
+
+    def subscribing(self, since: int | None = None) -> Request:
+        """``subscribe``, sent now, its answer taken later (a request may follow it at once)."""
+        return self.request("subscribe", since=since) if since is not None else self.request("subscribe")
 
     def next_event(self, timeout: float, kind: str | None = None) -> dict[str, Any]:
         """The next event (of ``kind``, skipping others), or Unavailable after ``timeout``."""
