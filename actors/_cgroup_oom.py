@@ -1,6 +1,6 @@
 """OOM notifications of one task's cgroup as a plain file descriptor an actor can watch.
 
-The MonitorActor waits on many things at once (ThespianWatch over fds), so an
+A TaskActor waits on many things at once (ThespianWatch over fds), so an
 OOM watch must never block and must hand out an fd that becomes readable when
 something may have happened; ``read()`` then says how many OOMs that was.
 

@@ -24,7 +24,7 @@ from thespian.actors import ActorExitRequest
 from actors import task_network
 from actors._actor import ContactorActor
 from actors.bundle import write_atomic
-from actors.cgroups import Host, detect, placement, remove_empty_parents, remove_task_cgroups
+from actors.cgroups import Host, OomWatch, detect, placement, remove_empty_parents, remove_task_cgroups
 from actors.errdefs import ContactorError
 from actors.events import envelope
 from actors.messages import (
@@ -33,11 +33,9 @@ from actors.messages import (
     Committed,
     Envelope,
     ErrorReply,
-    Monitor,
     Peers,
     Publish,
     Respawn,
-    StopMonitor,
     TaskGone,
     TaskInfo,
     TaskReady,
@@ -104,6 +102,7 @@ class TaskBase(ContactorActor):
         self.client: ShimClient | None = None
         self.notify_fd = -1
         self.pidfd = -1
+        self.oom: OomWatch | None = None  # the task's cgroup, watched for OOM kills while it runs
         self.shim_pid = 0
         self.info: TaskInfo | None = None
         self.waiters: dict[str, list[tuple[Ask, Any]]] = {}
@@ -174,7 +173,7 @@ class TaskBase(ContactorActor):
         self.notify_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.client = ShimClient(str(self.bundle / "shim.sock"), notify_fd=self.notify_fd)
         self.pidfd = os.pidfd_open(self.shim_pid)
-        self.watched = [self.notify_fd, self.pidfd]
+        self.watched = [self.notify_fd, self.pidfd, *self._oom_fds()]
         subscribed = self.client.subscribing(since)
         if wait:
             subscribed.result()
@@ -277,6 +276,7 @@ class TaskBase(ContactorActor):
         assert setup is not None
         self.gone = True
         self.watched = []
+        self._close_oom()
         # Deletes that came while it was being removed: answered, like the first, once it is out of the table.
         also = tuple((ask.reply_to or sender, Answer(ask.corr, TaskReply(dict(self.final_exit))))
                      for ask, sender in self.parked)  # fmt: skip
@@ -286,7 +286,8 @@ class TaskBase(ContactorActor):
         self.send(self.myAddress, ActorExitRequest())
 
     def _close_fds(self) -> None:
-        self.watched = []
+        """The shim's connection, its events' eventfd and its pidfd (the OOM watch stays)."""
+        self.watched = self._oom_fds()
         if self.client is not None:
             self.client.close()
         for fd in (self.notify_fd, self.pidfd):
@@ -299,10 +300,10 @@ class TaskBase(ContactorActor):
                  ack: bool = False) -> None:  # fmt: skip
         setup, peers = self.setup, self.peers
         assert setup is not None and peers is not None
-        # Through the Monitor, like the exit (which waits there for the task's last OOM): one path per
-        # task keeps its envelopes in order (Thespian keeps no order between different paths).
+        # Straight to the Exchange, all of a task's envelopes from this one actor: one path keeps them in
+        # order (Thespian keeps none between different paths), and the exit's last OOM is read here.
         env = envelope(setup.namespace, topic, event, timestamp, key)
-        self.send(peers.monitor, Publish(env, self.myAddress if ack else None))
+        self.send(peers.exchange, Publish(env, self.myAddress if ack else None))
 
     def _after_commit(self, key: str, then: Callable[[], None], final_exit: dict[str, Any]) -> None:
         """Run ``then`` once the envelope ``key`` is in the log (or after COMMIT_WAIT without word).
@@ -346,16 +347,55 @@ class TaskBase(ContactorActor):
         """Whether the task's /tasks/create was published (task.json past its reservation)."""
         return (self.bundle / "task.json").exists() and not self.state.get("reserved")
 
-    def _monitor(self, pid: int) -> None:
-        setup, peers = self.setup, self.peers
-        assert setup is not None and peers is not None
-        self.send(peers.monitor, Monitor(setup.namespace, setup.id, pid, self._cgroups_path()))
+    # -- OOM kills --------------------------------------------------------------------------------------
+    # The task's own cgroup is watched here, where its exit is published: a container the OOM killer
+    # takes dies at once, and its exit can come from the shim before the OOM is read, so the watch is
+    # drained before the exit goes out (no OOM is lost and none comes after its exit).
 
-    def _stop_monitor(self, envelopes: tuple[Envelope, ...] = (), ack: bool = False) -> None:
-        """Stop watching the task's cgroup; ``envelopes`` are published after its last OOM."""
+    def _oom_fds(self) -> list[int]:
+        return [self.oom.fd] if self.oom is not None else []
+
+    def _watch_oom(self) -> None:
+        """Watch the running task's cgroup for OOM kills (again after a restore or a restart: idempotent)."""
+        if self.oom is not None:
+            return
+        try:
+            self.oom = OomWatch.open(_host(), self._cgroups_path())
+        except ContactorError as exc:
+            # No memory controller, or the task is already gone: its exit still comes, without OOMs.
+            self.log.warning("oom_watch_unavailable", error=exc.message)
+            return
+        self.watched = [*self.watched, self.oom.fd]
+
+    def _drain_oom(self) -> None:
+        """Publish a /tasks/oom for each OOM kill since the last read; close the watch once its cgroup is gone."""
+        watch, setup = self.oom, self.setup
+        if watch is None or setup is None:
+            return
+        try:
+            count = watch.read()
+        except ContactorError:
+            count = 0
+        for _ in range(count):
+            self.log.warning("oom")
+            self._publish("/tasks/oom", {"container_id": setup.id})
+        if watch.gone:
+            self._close_oom()
+
+    def _close_oom(self) -> None:
+        watch, self.oom = self.oom, None
+        if watch is not None:
+            self.watched = [fd for fd in self.watched if fd != watch.fd]
+            watch.close()
+
+    def _publish_last(self, envelopes: tuple[Envelope, ...] = (), ack: bool = False) -> None:
+        """Publish the task's exit (or delete) after its last OOM, and stop watching for OOMs."""
         setup, peers = self.setup, self.peers
         assert setup is not None and peers is not None
-        self.send(peers.monitor, StopMonitor(setup.namespace, setup.id, envelopes, self.myAddress if ack else None))
+        self._drain_oom()
+        self._close_oom()
+        for env in envelopes:
+            self.send(peers.exchange, Publish(env, self.myAddress if ack else None))
 
     def on_Peers(self, msg: Peers, sender: Any) -> None:
         self.peers = msg

@@ -1,7 +1,7 @@
 """A TaskActor's cleanups: after a delete, after a failed create, after its shim died.
 
 A shim death (its pidfd readable, or its connection gone and the pid gone) is
-handled as the seed's ``cleanupAfterDeadShim``: stop the monitor, delete the
+handled as the seed's ``cleanupAfterDeadShim``: stop the OOM watch, delete the
 container with the runtime under the namespace's root, unmount the rootfs,
 publish /tasks/exit (the status the shim recorded in the bundle if the
 container had exited, else 137), publish /tasks/delete, delete the bundle once
@@ -105,7 +105,7 @@ class TaskCleanup(TaskEvents):
             if not never_ran:  # the log drops it if this process's exit is there already
                 envelopes.append(self._exit_envelope(event))
             # Nothing to put on record first (no fsync on this path): a restore publishes it again.
-            self._stop_monitor(tuple(envelopes))
+            self._publish_last(tuple(envelopes))
             self._answer_waiters("", event)
 
         try:
@@ -181,7 +181,7 @@ class TaskCleanup(TaskEvents):
         # The bundle goes only once the delete is in the log: a daemon dying before that leaves the
         # bundle, and the restored task publishes it again (the log drops a second copy).
         self._after_commit(key, rest, result)
-        self._stop_monitor((envelope(self.setup.namespace, "/tasks/delete", event, key=key),), ack=True)
+        self._publish_last((envelope(self.setup.namespace, "/tasks/delete", event, key=key),), ack=True)
         # The shim exits while the cgroups go; its exit (the pidfd), not its answer, is what counts.
         with contextlib.suppress(ContactorError):
             self.client.request("shutdown")

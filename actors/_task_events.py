@@ -29,7 +29,7 @@ class TaskEvents(TaskRestarts):
         if kind == "exit":
             is_init = data.get("id") == setup.id
             if is_init:
-                self._stop_monitor((self._exit_envelope(data),))
+                self._publish_last((self._exit_envelope(data),))
                 self.state["exit_published"] = True
                 self._update_info(status="stopped", exit_status=int(data.get("exit_status", -1)),
                                   exited_at=float(data.get("exited_at", 0.0)))  # fmt: skip

@@ -78,7 +78,7 @@ class TaskRestarts(TaskBase):
         restarts = int(self.state.get("restarts", 0)) + 1
         self.state.update(restarts=restarts, exit_published=False, started_at=time.time())
         self._save_state()
-        self._monitor(pid)
+        self._watch_oom()
         self.info = self._make_info(pid, "running")
         self.send(self.runtime_parent, TaskReady(self.info, incarnation=self._incarnation))
         self._publish("/tasks/restart", {"container_id": setup.id, "pid": pid, "restarts": restarts},

@@ -56,7 +56,7 @@ class TaskRestore(TaskCleanup):
             # The daemon died in the middle of a delete: finish it (its exit again, if it was lost).
             self.closing = True
             if int(st["pid"]) > 0:
-                self._stop_monitor((self._exit_envelope(st),))
+                self._publish_last((self._exit_envelope(st),))
             self._drain_events()
             self._finish_delete({"pid": st["pid"], "exit_status": st["exit_status"],
                                  "exited_at": st["exited_at"]})  # fmt: skip
@@ -75,11 +75,11 @@ class TaskRestore(TaskCleanup):
                                             "io": {}, "checkpoint": "", "pid": self.info.pid},
                           key=self._key("create"))  # fmt: skip
         if st["status"] in ("running", "paused", "created"):
-            self._monitor(int(st["pid"]))
+            self._watch_oom()
         elif st["status"] == "stopped":
             # Its exit may have been on its way to the log when the daemon died: publish it again;
             # the log drops it if it is there already.
-            self._stop_monitor((self._exit_envelope(st),))
+            self._publish_last((self._exit_envelope(st),))
         self.send(self.runtime_parent, TaskReady(self.info, incarnation=self._incarnation))
         self.log.info("task_restored", pid=self.info.pid, status=self.info.status, shim_pid=self.shim_pid)
         self._drain_events()

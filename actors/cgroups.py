@@ -2,14 +2,14 @@
 
 A task's cgroup is ``<parent>/<namespace>/<id>`` in every hierarchy (each v1
 controller, and the v2 tree mounted at ``unified`` on a hybrid host).  This
-module is the functional core the MonitorActor and the TaskActor build on:
-``detect`` describes the host once, ``task_cgroup_paths`` places a task in it,
-``read_metrics`` reads usage in one shape on v1 and v2, ``OomWatch`` turns OOMs
-into an fd an actor can poll, and ``remove_task_cgroups`` removes a task's
-cgroups with any children.  The runtime removes the task's own directory on
-delete; the namespace and parent directories above it are removed here once
-they are empty.  ``rmdir`` of a non-empty cgroup fails, so this never touches a
-cgroup still in use.
+module is the functional core the TaskActor (OOM watches, removal) and the
+MonitorActor (metrics) build on: ``detect`` describes the host once,
+``task_cgroup_paths`` places a task in it, ``read_metrics`` reads usage in one
+shape on v1 and v2, ``OomWatch`` turns OOMs into an fd an actor can poll, and
+``remove_task_cgroups`` removes a task's cgroups with any children.  The runtime
+removes the task's own directory on delete; the namespace and parent directories
+above it are removed here once they are empty.  ``rmdir`` of a non-empty cgroup
+fails, so this never touches a cgroup still in use.
 
 The machinery sits in private modules, one concern each: ``_cgroup_tree``
 (mounts and paths), ``_cgroup_metrics`` (file formats) and ``_cgroup_oom``.

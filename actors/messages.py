@@ -253,26 +253,6 @@ class ContainerList:
     records: tuple[dict[str, Any], ...]
 
 
-# -- MonitorActor -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Monitor:
-    namespace: str
-    id: str
-    pid: int
-    cgroups_path: str
-
-
-@dataclass(frozen=True, slots=True)
-class StopMonitor:
-    namespace: str
-    id: str
-    # The task's /tasks/exit (and /tasks/delete), published after its last OOM (see MonitorActor).
-    envelopes: tuple[Any, ...] = ()
-    ack_to: Any = None  # told Committed for each envelope, once it is in the log
-
-
 # -- RuntimeActor (and forwarded to TaskActors) ----------------------------------------------------------
 
 

@@ -117,7 +117,7 @@ class TaskActor(TaskRestore):
         # daemon has not lost the event with it (it is not published again on restore).
         self._publish("/tasks/create", {"container_id": setup.id, "bundle": str(self.bundle), "rootfs": [],
                                         "io": io, "checkpoint": "", "pid": pid}, key=self._key("create"))  # fmt: skip
-        self._monitor(pid)
+        self._watch_oom()
         self.send(self.runtime_parent, TaskReady(self.info, reply_to, Answer(ask.corr, self.info), self._incarnation))
         self.log.info("task_created", pid=pid, shim_pid=self.shim_pid)
         if setup.start:
@@ -128,6 +128,8 @@ class TaskActor(TaskRestore):
 
     # -- events from the shim, and its death --------------------------------------------------------------
     def on_WatchMessage(self, msg: Any, sender: Any) -> None:
+        if self.oom is not None and self.oom.fd in msg.ready:
+            self._drain_oom()
         if self.notify_fd in msg.ready:
             with contextlib.suppress(BlockingIOError, OSError):
                 os.eventfd_read(self.notify_fd)
