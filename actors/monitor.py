@@ -50,4 +50,6 @@ class MonitorActor(ContactorActor):
         if self.host is None or self.config is None:
             raise NotFound(f"task {msg.id} is not running")
         cfg = self.config.cgroups
-        return TaskReply(read_metrics(self.host, placement(cfg.driver, str(cfg.parent), msg.namespace, msg.id)))
+        return TaskReply(
+            read_metrics(self.host, placement(cfg.driver, str(cfg.parent), msg.namespace, msg.id))
+        )

@@ -1,4 +1,4 @@
-"""Two costs Thespian's TCP transport pays on every message, removed for every process of the daemon.
+"""Costs Thespian's TCP transport pays on every message, removed for every process of the daemon.
 
 Measured on a container's lifecycle (about 50 messages between actors), these
 were a tenth of the actors' CPU time:
@@ -18,6 +18,25 @@ were a tenth of the actors' CPU time:
   objects and maps (a message takes about five turns of four descriptors):
   about 5% of a message's CPU, measured between two actors.
 
+* **Turns of the loop spent on a part of a message.** Each turn of the loop
+  re-derives its poll set and deadlines from every pending transmit and socket,
+  so its cost grows with the work in flight. Thespian took six turns per
+  message at each end of a request and its answer: a receive reads the 20-byte
+  head of a message in one turn and the rest in the next; the ACK (21 bytes)
+  arrives the same way, 20 bytes and then 1; and a send that has written its
+  last byte waits one more turn (for the socket to be writable again) before it
+  starts waiting for its ACK. Now a read goes on while the socket has data and
+  the message is not whole, and a finished send waits for its ACK in the same
+  turn: two turns per message. Measured between two actors: CPU per request
+  and answer fell from about 800 to 460 µs, and 20 requests in flight to 4
+  actors went from 500 to 250 µs per request.
+* **Helpers that cost more than what they do.** ``partition`` (a fold over
+  lambdas), ``fmap`` (recursive, with ``functools.partial``),
+  ``exclusive_processing`` (a generator context manager) and
+  ``TransmitIntent.delay`` (three timer views and timedeltas) run for every
+  pending transmit on every turn; plain loops and float arithmetic give the
+  same results.
+
 ``tune`` is called once in the daemon before the actor system starts; the admin
 and every actor are forked from there and inherit it.
 """
@@ -27,7 +46,10 @@ from __future__ import annotations
 import math
 import select
 import selectors
+import time
 import types
+from collections.abc import Callable, Iterable
+from datetime import timedelta
 from typing import Any
 
 __all__ = ["tune"]
@@ -98,10 +120,118 @@ def _lazy(render: Any) -> Any:
     return identify
 
 
+def _readable(sock: Any) -> bool:
+    """Whether ``sock`` has data (or EOF) to read now, without waiting."""
+    try:
+        poll = select.poll()
+        poll.register(sock.fileno(), select.POLLIN)
+        return bool(poll.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
+def _partition(test: Callable[[Any], Any], items: Iterable[Any], output_type: Any = list) -> tuple[Any, Any]:
+    """thespian.system.utilis.partition: (the items that pass ``test``, the rest), in order."""
+    passed, failed = output_type(), output_type()
+    for item in items:
+        (passed if test(item) else failed).append(item)
+    return passed, failed
+
+
+def _fmap(original: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    """thespian.system.utilis.fmap for the tuples and lists the loop passes; anything else goes to ``original``."""
+
+    def fmap(func: Callable[[Any], Any], obj: Any) -> Any:
+        kind = type(obj)
+        if kind is tuple:
+            return tuple(fmap(func, item) for item in obj)
+        if kind is list:
+            return [fmap(func, item) for item in obj]
+        return original(func, obj)
+
+    return fmap
+
+
+class _Exclusive:
+    """thespian's ``exclusive_processing(transport)``: spin until this thread holds the transport's
+    processing flag, release it on a normal exit (and, like the original, not after an exception)."""
+
+    __slots__ = ("_transport",)
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+
+    def __enter__(self) -> None:
+        while not self._transport._exclusively_processing():
+            time.sleep(0.000001)
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        if kind is None:
+            self._transport._not_processing()
+
+
+_ZERO = timedelta(0)
+_TEN_MS = timedelta(milliseconds=10)
+
+
+def _delay(original: Callable[..., Any], now: Callable[[], float]) -> Callable[..., Any]:
+    """TransmitIntent.delay on the timers' deadlines (floats): the same timedelta, without the views
+    (a timer without a deadline, which Thespian never gives a transmit, goes to ``original``)."""
+
+    def delay(self: Any, current_time: float | None = None) -> Any:
+        ct = current_time or now()
+        quit_at = self._quitTime._time_to_quit
+        if getattr(self, "_awaitingTXSlot", False):
+            if quit_at is None:
+                return original(self, current_time)
+            if ct >= quit_at:
+                return _ZERO
+            return max(_TEN_MS, timedelta(seconds=quit_at - ct) / 2)
+        retry_at = getattr(self, "_retryTime", self._quitTime)._time_to_quit
+        pause_at = getattr(self, "_pauseUntil", self._quitTime)._time_to_quit
+        if quit_at is None or retry_at is None or pause_at is None:
+            return original(self, current_time)
+        return timedelta(seconds=max(min(quit_at, retry_at, pause_at) - ct, 0))
+
+    delay._contactor_tuned = True  # type: ignore[attr-defined]
+    delay._thespian = original  # type: ignore[attr-defined]
+    return delay
+
+
+def _whole_reads_and_sends(cls: Any) -> None:
+    """Receive a message or an ACK whole while its bytes are there; wait for the ACK right after the send."""
+    receive, ack, send = cls._handleReadableIncoming, cls._next_XMIT_4, cls._next_XMIT_2
+
+    def _handleReadableIncoming(self: Any, inc: Any, has_exclusive_flag: bool = False) -> Any:
+        got = receive(self, inc, has_exclusive_flag=has_exclusive_flag)
+        while got is inc and inc.socket is not None and not inc.receivedAllData() and _readable(inc.socket):
+            got = receive(self, inc, has_exclusive_flag=has_exclusive_flag)
+        return got
+
+    def _next_XMIT_4(self: Any, intent: Any) -> Any:
+        going = ack(self, intent)
+        while (going is True and intent.stage == cls._XMITStepWaitForAck
+               and getattr(intent, "socket", None) is not None and getattr(intent, "ackbuf", None) is not None
+               and not intent.ackbuf.isDone() and _readable(intent.socket)):  # fmt: skip
+            going = ack(self, intent)
+        return going
+
+    def _next_XMIT_2(self: Any, intent: Any) -> Any:
+        going = send(self, intent)
+        if going is True and intent.stage == cls._XMITStepShutdownWrite:
+            return self._nextTransmitStep(intent)  # on to waiting for the ACK, in this turn
+        return going
+
+    cls._handleReadableIncoming = _handleReadableIncoming
+    cls._next_XMIT_4 = _next_XMIT_4
+    cls._next_XMIT_2 = _next_XMIT_2
+    cls._contactor_whole = True
+
+
 def tune() -> None:
-    """Install both changes in this process's Thespian (idempotent)."""
-    from thespian.system import transport
-    from thespian.system.transport import TCPTransport
+    """Install the changes in this process's Thespian (idempotent)."""
+    from thespian.system import timing, transport, utilis
+    from thespian.system.transport import TCPTransport, asyncTransportBase
 
     for cls in (transport.TransmitIntent, transport.ReceiveEnvelope):
         if getattr(cls.identify, "_contactor_lazy", False):
@@ -113,3 +243,10 @@ def tune() -> None:
     TCPTransport.selectors = types.SimpleNamespace(
         DefaultSelector=_Poll, EVENT_READ=selectors.EVENT_READ, EVENT_WRITE=selectors.EVENT_WRITE
     )
+    if not getattr(TCPTransport.TCPTransport, "_contactor_whole", False):
+        _whole_reads_and_sends(TCPTransport.TCPTransport)
+    TCPTransport.partition = _partition
+    TCPTransport.fmap = _fmap(utilis.fmap)
+    TCPTransport.exclusive_processing = asyncTransportBase.exclusive_processing = _Exclusive
+    if not getattr(transport.TransmitIntent.delay, "_contactor_tuned", False):
+        transport.TransmitIntent.delay = _delay(transport.TransmitIntent.delay, timing.currentTime)

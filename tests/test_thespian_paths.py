@@ -152,3 +152,111 @@ def test_the_transport_s_poll_answers_as_the_poll_selector() -> None:
         b.close()
         for fd in (r, w, closed_r):
             os.close(fd)
+
+
+class Turns(Actor):  # type: ignore[misc]
+    """Echoes ("echo", payload); counts the turns of its transport's loop (its polls) from "start"."""
+
+    def receiveMessage(self, msg: Any, sender: Any) -> None:
+        from actors.thespian_tuning import _Poll
+
+        if msg == "start":
+            counted = [0]
+            select = _Poll.select
+
+            def counting(poll: Any, timeout: float | None = None) -> Any:
+                counted[0] += 1
+                return select(poll, timeout)
+
+            _Poll.select = counting  # in this actor's own process only
+            self.counted = counted
+            self.send(sender, "started")
+        elif msg == "turns":
+            self.send(sender, self.counted[0])
+        elif isinstance(msg, tuple) and msg[0] == "echo":
+            self.send(sender, msg)
+
+
+@pytest.fixture
+def tcp_system() -> Iterator[ActorSystem]:
+    from actors.testing import free_port
+    from actors.thespian_tuning import tune
+
+    tune()  # before the system starts: its admin and actors are forked from here and inherit it
+    asys = ActorSystem("multiprocTCPBase", {"Admin Port": free_port()}, transientUnique=True)
+    try:
+        yield asys
+    finally:
+        asys.shutdown()
+
+
+# Thespian's own transport in this (the test's) process leaves sockets to the garbage collector.
+@pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_message_and_its_ack_are_each_taken_in_one_turn_of_the_loop(tcp_system: ActorSystem) -> None:
+    """Thespian took three turns of the loop per message at each end; tuned, a request and its
+    answer cost the answering actor two (the request, then the ACK of its answer). Messages far
+    larger than a socket's buffer still arrive whole and in order."""
+    echo = tcp_system.createActor(Turns)
+    assert tcp_system.ask(echo, "start", 10) == "started"
+    for i in range(40):
+        assert tcp_system.ask(echo, ("echo", i, "x" * 300), 10) == ("echo", i, "x" * 300)
+    turns = tcp_system.ask(echo, "turns", 10)
+    assert turns <= 40 * 2 + 5, f"{turns} turns of the loop for 40 requests"
+    big = [bytes([i]) * (3 << 20) for i in range(3)]  # 3 MiB each: many reads and partial sends
+    for i, payload in enumerate(big):
+        assert tcp_system.ask(echo, ("echo", i, payload), 30) == ("echo", i, payload)
+
+
+def test_the_tuned_helpers_give_what_thespian_s_give() -> None:
+    from datetime import timedelta
+
+    from thespian.system import transport, utilis
+    from thespian.system.timing import ExpirationTimer
+    from thespian.system.transport import TCPTransport, asyncTransportBase
+
+    from actors.thespian_tuning import tune
+
+    tune()
+    items = [3, 0, 7, 1, 8, 2]
+    assert TCPTransport.partition(lambda x: x > 2, items) == utilis.partition(lambda x: x > 2, items)
+    shape = ([1, 2, None], [3, (4, 5)])
+    assert TCPTransport.fmap(lambda x: x and x * 2, shape) == utilis.fmap(lambda x: x and x * 2, shape)
+    assert TCPTransport.fmap(str, {"a": 1}) == utilis.fmap(str, {"a": 1})
+
+    class Flag:
+        def __init__(self) -> None:
+            self.held, self.releases = False, 0
+
+        def _exclusively_processing(self) -> bool:
+            if self.held:
+                return False
+            self.held = True
+            return True
+
+        def _not_processing(self) -> None:
+            self.held, self.releases = False, self.releases + 1
+
+    flag = Flag()
+    with asyncTransportBase.exclusive_processing(flag):
+        assert flag.held
+    assert not flag.held and flag.releases == 1
+    with pytest.raises(RuntimeError), TCPTransport.exclusive_processing(flag):
+        raise RuntimeError("held on, as Thespian's own does")
+    assert flag.held and flag.releases == 1
+
+    tuned = transport.TransmitIntent.delay
+    original = tuned._thespian
+    plain = transport.TransmitIntent("target", "message", maxPeriod=timedelta(seconds=30))
+    waiting = transport.TransmitIntent("target", "message", maxPeriod=timedelta(seconds=30))
+    waiting.awaitingTXSlot()
+    retrying = transport.TransmitIntent("target", "message", maxPeriod=timedelta(seconds=30))
+    retrying.retry()
+    paused = transport.TransmitIntent("target", "message", maxPeriod=timedelta(seconds=30))
+    paused.backoffPause(True)
+    expired = transport.TransmitIntent("target", "message", maxPeriod=timedelta(seconds=30))
+    expired._quitTime = ExpirationTimer(timedelta(0))
+    expired.awaitingTXSlot()
+    for intent in (plain, waiting, retrying, paused, expired):
+        now = intent._quitTime._time_to_quit - 12.5
+        for at in (now, now + 20, now + 40):
+            assert tuned(intent, at) == original(intent, at), intent
