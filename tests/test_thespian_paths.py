@@ -260,3 +260,30 @@ def test_the_tuned_helpers_give_what_thespian_s_give() -> None:
         now = intent._quitTime._time_to_quit - 12.5
         for at in (now, now + 20, now + 40):
             assert tuned(intent, at) == original(intent, at), intent
+
+
+def test_a_whole_packet_is_deserialized_once_however_often_it_is_asked_for() -> None:
+    import pickle
+
+    from thespian.system.transport.streamBuffer import ReceiveBuffer, toSendBuffer
+
+    from actors.thespian_tuning import tune
+
+    tune()
+    calls: list[bytes] = []
+
+    def loads(data: bytes) -> Any:
+        calls.append(data)
+        return pickle.loads(data)
+
+    first, second = toSendBuffer(("message", 1)), toSendBuffer(("message", 2))
+    buf = ReceiveBuffer(loads)
+    buf.addMore(first[:5])
+    assert buf.completed() is None and not calls
+    buf.addMore(first[5:])  # Thespian reads no further than the packet's end
+    buf.addMore(second[:3])  # what comes after it goes to extra
+    assert buf.completed() == (("message", 1), second[:3])
+    assert buf.completed() == (("message", 1), second[:3])
+    buf.removeExtra()
+    assert buf.completed() == (("message", 1), b"")
+    assert len(calls) == 1
