@@ -297,13 +297,13 @@ class TaskBase(ContactorActor):
         self.notify_fd = self.pidfd = -1
 
     def _publish(self, topic: str, event: dict[str, Any], timestamp: float | None = None, key: str = "",
-                 ack: bool = False) -> None:  # fmt: skip
+                 ack: bool = False, again: bool = False) -> None:  # fmt: skip
         setup, peers = self.setup, self.peers
         assert setup is not None and peers is not None
         # Straight to the Exchange, all of a task's envelopes from this one actor: one path keeps them in
         # order (Thespian keeps none between different paths), and the exit's last OOM is read here.
         env = envelope(setup.namespace, topic, event, timestamp, key)
-        self.send(peers.exchange, Publish(env, self.myAddress if ack else None))
+        self.send(peers.exchange, Publish(env, self.myAddress if ack else None, again))
 
     def _after_commit(self, key: str, then: Callable[[], None], final_exit: dict[str, Any]) -> None:
         """Run ``then`` once the envelope ``key`` is in the log (or after COMMIT_WAIT without word).
@@ -388,14 +388,14 @@ class TaskBase(ContactorActor):
             self.watched = [fd for fd in self.watched if fd != watch.fd]
             watch.close()
 
-    def _publish_last(self, envelopes: tuple[Envelope, ...] = (), ack: bool = False) -> None:
+    def _publish_last(self, envelopes: tuple[Envelope, ...] = (), ack: bool = False, again: bool = False) -> None:
         """Publish the task's exit (or delete) after its last OOM, and stop watching for OOMs."""
         setup, peers = self.setup, self.peers
         assert setup is not None and peers is not None
         self._drain_oom()
         self._close_oom()
         for env in envelopes:
-            self.send(peers.exchange, Publish(env, self.myAddress if ack else None))
+            self.send(peers.exchange, Publish(env, self.myAddress if ack else None, again))
 
     def on_Peers(self, msg: Peers, sender: Any) -> None:
         self.peers = msg

@@ -56,7 +56,7 @@ class TaskRestore(TaskCleanup):
             # The daemon died in the middle of a delete: finish it (its exit again, if it was lost).
             self.closing = True
             if int(st["pid"]) > 0:
-                self._publish_last((self._exit_envelope(st),))
+                self._publish_last((self._exit_envelope(st),), again=True)
             self._drain_events()
             self._finish_delete({"pid": st["pid"], "exit_status": st["exit_status"],
                                  "exited_at": st["exited_at"]})  # fmt: skip
@@ -71,15 +71,24 @@ class TaskRestore(TaskCleanup):
         if not announced:
             self.state.pop("reserved", None)
             self._save_state()
-            self._publish("/tasks/create", {"container_id": setup.id, "bundle": str(self.bundle), "rootfs": [],
-                                            "io": {}, "checkpoint": "", "pid": self.info.pid},
-                          key=self._key("create"))  # fmt: skip
+        # Its create and start (and below its exit) may have been on their way to the log when the
+        # daemon died (a client can have had its answer by then): published again, the log keeps
+        # each once, and none that it may have pruned already (see EventLog.append).
+        created = self.state.get("create") or {}
+        io = {k: created.get(k, "") for k in ("stdin", "stdout", "stderr")}
+        io["terminal"] = bool(created.get("terminal"))
+        self._publish("/tasks/create", {"container_id": setup.id, "bundle": str(self.bundle), "rootfs": [],
+                                        "io": io, "checkpoint": "", "pid": self.info.pid},
+                      timestamp=float(self.state.get("created_at") or 0) or None, key=self._key("create"),
+                      again=announced)  # fmt: skip
+        started_at = float(self.state.get("started_at") or 0)
+        if started_at and self.info.pid > 0:
+            self._publish("/tasks/start", {"container_id": setup.id, "pid": self.info.pid}, timestamp=started_at,
+                          key=self._key("start", self.info.pid), again=True)  # fmt: skip
         if st["status"] in ("running", "paused", "created"):
             self._watch_oom()
         elif st["status"] == "stopped":
-            # Its exit may have been on its way to the log when the daemon died: publish it again;
-            # the log drops it if it is there already.
-            self._publish_last((self._exit_envelope(st),))
+            self._publish_last((self._exit_envelope(st),), again=True)
         self.send(self.runtime_parent, TaskReady(self.info, incarnation=self._incarnation))
         self.log.info("task_restored", pid=self.info.pid, status=self.info.status, shim_pid=self.shim_pid)
         self._drain_events()

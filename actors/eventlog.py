@@ -57,16 +57,23 @@ class EventLog:
         self.max_age = max_age
         self._since_prune = 0
 
-    def append(self, env: Envelope) -> tuple[Envelope, bool]:
+    def append(self, env: Envelope, again: bool = False) -> tuple[Envelope, bool]:
         """Number and commit ``env``; returns it with its sequence number, and whether it is new.
 
         An envelope whose key the log already holds is a duplicate: not logged; the number
-        returned is the one the first got.
+        returned is the one the first got.  ``again`` is an envelope published a second time
+        because the first may have been lost (a restored task's create, start or exit): one
+        older than the oldest entry left in the log is not logged either, since its first copy
+        may have been pruned with its key, and the log would tell it as news.
         """
         if env.key:
             row = self.db.execute("SELECT seq FROM event_keys WHERE key = ?", (env.key,)).fetchone()
             if row is not None:
                 return dataclasses.replace(env, seq=int(row[0])), False
+        if again:
+            oldest = self.db.execute("SELECT MIN(timestamp) FROM events").fetchone()[0]
+            if oldest is not None and env.timestamp < float(oldest):
+                return env, False
         seq = self.seq + 1
         numbered = dataclasses.replace(env, seq=seq)
         with self.db:  # one transaction: the event and its key, or neither

@@ -79,7 +79,7 @@ class Exchange(ContactorActor):
         self.send(sender, Ready(self.role, os.getpid()))
 
     def on_Publish(self, msg: Publish, sender: Any) -> None:
-        env = self._publish(msg.envelope)
+        env = self._publish(msg.envelope, again=msg.again)
         if msg.ack_to is not None:
             self.send(msg.ack_to, Committed(env.key, env.seq))
 
@@ -97,13 +97,13 @@ class Exchange(ContactorActor):
         self.origins[msg.node] = cursor
         return Imported(msg.node, cursor)
 
-    def _publish(self, envelope_: Envelope) -> Envelope:
+    def _publish(self, envelope_: Envelope, again: bool = False) -> Envelope:
         if self.node and not envelope_.node:
             envelope_ = dataclasses.replace(envelope_, node=self.node)
         # Logged (committed) before anyone is told: a late subscriber can always read it.
         if self.log_ is None:
             return envelope_
-        env, fresh = self.log_.append(envelope_)
+        env, fresh = self.log_.append(envelope_, again=again)
         if not fresh:
             self.log.debug("duplicate_dropped", namespace=env.namespace, topic=env.topic, key=env.key, seq=env.seq)
             return env

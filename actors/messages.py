@@ -147,6 +147,9 @@ class Publish:
     envelope: Envelope
     # Told Committed once the envelope is in the log (or found there already, see Envelope.key).
     ack_to: Any = None
+    # Published again by a restored task because it may have been lost in a crash: logged only if
+    # the log has not got its key and would still hold it (see EventLog.append).
+    again: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -256,3 +256,27 @@ def test_an_envelope_whose_key_the_log_holds_is_a_duplicate_even_after_a_reopen(
     keys = log.db.execute("SELECT key FROM event_keys ORDER BY seq").fetchall()
     assert [k for (k,) in keys] == ["k3", "k4", "k5"], "keys go with their pruned events"
     log.close()
+
+
+def test_an_envelope_published_again_is_logged_only_if_it_was_lost_not_pruned(tmp_path: Path) -> None:
+    """A restored task publishes its create, start and exit again: each is logged once, and one
+    older than what the log still holds is not told as news (its first copy went with the pruning)."""
+    from actors.eventlog import EventLog
+    from actors.events import envelope
+
+    log = EventLog(tmp_path / "events.db", max_entries=3, max_age=3600)
+    now = time.time()
+    created = envelope("ns", "/tasks/create", {}, now - 100, key="ns/c/create")
+    assert log.append(created, again=True)[1], "an empty log"
+    assert not log.append(created, again=True)[1], "a duplicate"
+    for i in range(6):
+        log.append(envelope("ns", "/tasks/start", {}, now - 60 + i, key=f"k{i}"))
+    log.prune()  # what is left starts at now - 57
+    lost = envelope("ns", "/tasks/exit", {}, now - 56.5, key="ns/c/exit")
+    pruned = envelope("ns", "/tasks/exit", {}, now - 58.5, key="ns/old/exit")
+    assert not log.append(pruned, again=True)[1], "older than the log: maybe told and pruned"
+    assert log.append(lost, again=True)[1], "within the log and not in it: lost, so logged"
+    assert not log.append(lost, again=True)[1]
+    assert log.append(pruned)[1], "a first publish is always news"
+    assert [e.topic for e in logged_since(tmp_path / "events.db", 4)] == ["/tasks/start"] * 3 + ["/tasks/exit"] * 2
+    log.close()

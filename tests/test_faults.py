@@ -432,6 +432,28 @@ def test_an_exit_and_a_delete_on_their_way_to_the_log_when_the_daemon_dies_are_l
     nothing_left(daemon, "late")
 
 
+def test_a_create_and_a_start_on_their_way_to_the_log_when_the_daemon_dies_are_logged_once(
+    daemon: Daemon, rootfs: Path
+) -> None:
+    # The client has both answers while the task's /tasks/create and /tasks/start still wait at
+    # the stopped Exchange; the daemon dies with them. The restored task publishes them again.
+    with daemon.client() as c:
+        exchange = int(c.health()["pids"]["exchange"])
+    os.kill(exchange, signal.SIGSTOP)
+    with daemon.client() as c:
+        run(c, rootfs, "early", SLEEPER)
+    restart(daemon, crash=True)
+    with daemon.client() as c:
+        wait_for(lambda: getattr(task(c, "early"), "status", "") == "running", 30, "the restored task")
+        wait_for(lambda: len(topics(daemon, "early")) >= 2, 30, "the create and the start in the log")
+        restart(daemon, crash=False)  # a second restore finds both in the log: nothing is logged twice
+    with daemon.client() as c:
+        wait_for(lambda: getattr(task(c, "early"), "status", "") == "running", 30, "the restored task")
+        c.delete_task("early", force=True)
+    assert final_topics(daemon, "early") == KILLED_LIFE
+    nothing_left(daemon, "early")
+
+
 def test_a_dead_shim_factory_is_started_again_and_shims_come_from_it(daemon: Daemon, rootfs: Path) -> None:
     pid_file = daemon.state / "shim-factory.pid"
     first = int(pid_file.read_text())
