@@ -28,8 +28,9 @@ were a tenth of the actors' CPU time:
   starts waiting for its ACK. Now a read goes on while the socket has data and
   the message is not whole, and a finished send waits for its ACK in the same
   turn: two turns per message. Measured between two actors: CPU per request
-  and answer fell from about 800 to 460 µs, and 20 requests in flight to 4
-  actors went from 500 to 250 µs per request.
+  and answer fell from about 800 µs to 430-490 µs; with 20 requests in flight to
+  4 actors, from 810-910 to 380-390 µs of CPU and from about 500 to 200-250 µs
+  of wall time per request.
 * **A message deserialized twice.** A message that arrives on a socket while
   its actor waits there for the ACK of its own send (a request and its answer
   often cross on one socket) was unpickled once to see that it is not the ACK,
