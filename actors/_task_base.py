@@ -1,7 +1,8 @@
 """What every part of a TaskActor shares: its state, its shim connection, publishing, leaving.
 
 The TaskActor (``actors/task.py``) is built in layers, one concern each: this base;
-restart policies (``_task_restart``); the shim's events (``_task_events``); cleanup after
+its cgroup's OOM kills (``_task_oom``); restart policies (``_task_restart``); the shim's
+events (``_task_events``); cleanup after
 a delete or a dead shim (``_task_cleanup``); restore after a daemon restart
 (``_task_restore``); the actor itself, its set-up and requests (``task``).
 """
@@ -347,55 +348,15 @@ class TaskBase(ContactorActor):
         """Whether the task's /tasks/create was published (task.json past its reservation)."""
         return (self.bundle / "task.json").exists() and not self.state.get("reserved")
 
-    # -- OOM kills --------------------------------------------------------------------------------------
-    # The task's own cgroup is watched here, where its exit is published: a container the OOM killer
-    # takes dies at once, and its exit can come from the shim before the OOM is read, so the watch is
-    # drained before the exit goes out (no OOM is lost and none comes after its exit).
-
     def _oom_fds(self) -> list[int]:
+        """The OOM watch's fd, if the task has one (see TaskOom): watched with the shim's."""
         return [self.oom.fd] if self.oom is not None else []
-
-    def _watch_oom(self) -> None:
-        """Watch the running task's cgroup for OOM kills (again after a restore or a restart: idempotent)."""
-        if self.oom is not None:
-            return
-        try:
-            self.oom = OomWatch.open(_host(), self._cgroups_path())
-        except ContactorError as exc:
-            # No memory controller, or the task is already gone: its exit still comes, without OOMs.
-            self.log.warning("oom_watch_unavailable", error=exc.message)
-            return
-        self.watched = [*self.watched, self.oom.fd]
-
-    def _drain_oom(self) -> None:
-        """Publish a /tasks/oom for each OOM kill since the last read; close the watch once its cgroup is gone."""
-        watch, setup = self.oom, self.setup
-        if watch is None or setup is None:
-            return
-        try:
-            count = watch.read()
-        except ContactorError:
-            count = 0
-        for _ in range(count):
-            self.log.warning("oom")
-            self._publish("/tasks/oom", {"container_id": setup.id})
-        if watch.gone:
-            self._close_oom()
 
     def _close_oom(self) -> None:
         watch, self.oom = self.oom, None
         if watch is not None:
             self.watched = [fd for fd in self.watched if fd != watch.fd]
             watch.close()
-
-    def _publish_last(self, envelopes: tuple[Envelope, ...] = (), ack: bool = False, again: bool = False) -> None:
-        """Publish the task's exit (or delete) after its last OOM, and stop watching for OOMs."""
-        setup, peers = self.setup, self.peers
-        assert setup is not None and peers is not None
-        self._drain_oom()
-        self._close_oom()
-        for env in envelopes:
-            self.send(peers.exchange, Publish(env, self.myAddress if ack else None, again))
 
     def on_Peers(self, msg: Peers, sender: Any) -> None:
         self.peers = msg

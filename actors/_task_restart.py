@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from actors import restart
-from actors._task_base import TaskBase
+from actors._task_oom import TaskOom
 from actors.errdefs import ContactorError
 from actors.messages import (
     Respawn,
@@ -15,7 +15,7 @@ from actors.messages import (
 )
 
 
-class TaskRestarts(TaskBase):
+class TaskRestarts(TaskOom):
 
     # -- restart policies ----------------------------------------------------------------------------------
     def _consider_restart(self, exit_status: int, exited_at: float) -> None:
