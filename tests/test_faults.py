@@ -438,6 +438,8 @@ def test_a_create_and_a_start_on_their_way_to_the_log_when_the_daemon_dies_are_l
     # The client has both answers while the task's /tasks/create and /tasks/start still wait at
     # the stopped Exchange; the daemon dies with them. The restored task publishes them again.
     with daemon.client() as c:
+        # The Gateway serves as soon as it is up; the Exchange may report a moment later.
+        wait_for(lambda: "exchange" in c.health()["pids"], 30, "the Exchange's pid")
         exchange = int(c.health()["pids"]["exchange"])
     os.kill(exchange, signal.SIGSTOP)
     with daemon.client() as c:
