@@ -299,11 +299,16 @@ class TaskBase(ContactorActor):
 
     def _publish(self, topic: str, event: dict[str, Any], timestamp: float | None = None, key: str = "",
                  ack: bool = False, again: bool = False) -> None:  # fmt: skip
-        setup, peers = self.setup, self.peers
-        assert setup is not None and peers is not None
+        setup = self.setup
+        assert setup is not None
+        self._send_envelope(envelope(setup.namespace, topic, event, timestamp, key), ack, again)
+
+    def _send_envelope(self, env: Envelope, ack: bool = False, again: bool = False) -> None:
+        """To the Exchange; ``ack``: told Committed once it is in the log; ``again``: see Publish.again."""
         # Straight to the Exchange, all of a task's envelopes from this one actor: one path keeps them in
         # order (Thespian keeps none between different paths), and the exit's last OOM is read here.
-        env = envelope(setup.namespace, topic, event, timestamp, key)
+        peers = self.peers
+        assert peers is not None
         self.send(peers.exchange, Publish(env, self.myAddress if ack else None, again))
 
     def _after_commit(self, key: str, then: Callable[[], None], final_exit: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from actors._task_base import TaskBase, _host
 from actors.cgroups import OomWatch
 from actors.errdefs import ContactorError
-from actors.messages import Envelope, Publish
+from actors.messages import Envelope
 
 
 class TaskOom(TaskBase):
@@ -45,9 +45,7 @@ class TaskOom(TaskBase):
 
     def _publish_last(self, envelopes: tuple[Envelope, ...] = (), ack: bool = False, again: bool = False) -> None:
         """Publish the task's exit (or delete) after its last OOM, and stop watching for OOMs."""
-        setup, peers = self.setup, self.peers
-        assert setup is not None and peers is not None
         self._drain_oom()
         self._close_oom()
         for env in envelopes:
-            self.send(peers.exchange, Publish(env, self.myAddress if ack else None, again))
+            self._send_envelope(env, ack, again)

@@ -20,7 +20,7 @@ from typing import Any
 from actors._actor import ContactorActor
 from actors.cgroups import Host, detect, placement, read_metrics
 from actors.errdefs import NotFound
-from actors.messages import Ask, Configure, Peers, Ready, TaskReply, TaskRequest
+from actors.messages import Ask, Configure, Ready, TaskReply, TaskRequest
 
 __all__ = ["MonitorActor"]
 
@@ -32,18 +32,14 @@ class MonitorActor(ContactorActor):
         super().__init__(*args, **kwargs)
         self.host: Host | None = None
         self.config: Any = None
-        self.peers: Peers | None = None
 
     def on_Configure(self, msg: Configure, sender: Any) -> None:
-        self.peers, self.config = msg.peers, msg.config
+        self.config = msg.config
         if self.host is None:
             self.host = detect()
             self.log.info("cgroup_host", mode=self.host.mode, controllers=sorted(self.host.v1),
                           unified=str(self.host.unified) if self.host.unified else None)  # fmt: skip
         self.send(sender, Ready(self.role, os.getpid()))
-
-    def on_Peers(self, msg: Peers, sender: Any) -> None:
-        self.peers = msg
 
     def ask_TaskRequest(self, msg: TaskRequest, ask: Ask, sender: Any) -> TaskReply:
         """``metrics`` of a task (the RuntimeActor forwards it only for a task in its table)."""

@@ -113,8 +113,8 @@ class TaskActor(TaskRestore):
             "stderr": stdio.stderr,
             "terminal": stdio.terminal,
         }
-        # The event is on its way before the answer: a client that has the answer and then loses the
-        # daemon has not lost the event with it (it is not published again on restore).
+        # The event is on its way before the answer; should the daemon die before it reaches the log,
+        # the restored task publishes it again (see TaskRestore._restored).
         self._publish("/tasks/create", {"container_id": setup.id, "bundle": str(self.bundle), "rootfs": [],
                                         "io": io, "checkpoint": "", "pid": pid}, key=self._key("create"))  # fmt: skip
         self._watch_oom()
