@@ -6,15 +6,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import os
 import signal
+import sys
 from collections.abc import Callable
-from typing import Any
 
 from actors._cli_args import _constraints
 from actors._config_file import path_text
 from actors.client import Client
 from actors.errdefs import ContactorError, InvalidArgument, NotFound
+
+TYPE_CHECKING = False  # typing costs the command line 3 ms to import
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["Base"]
 
@@ -45,12 +50,20 @@ class Base:
         return node or None
 
     def out(self, obj: Any, text: Callable[[], None]) -> None:
+        """``obj`` as JSON with --json, else what ``text`` prints, written at once.
+
+        A table printed a row at a time would be two writes a row where stdout is unbuffered
+        (``python -u``, PYTHONUNBUFFERED): 1000 system calls for 500 tasks.
+        """
         if self.args.json:
             import json
 
             print(json.dumps(obj, default=str))
-        else:
+            return
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer):
             text()
+        sys.stdout.write(buffer.getvalue())
 
     def _attached(self, cid: str, detach: bool, stdin: bool, tty: bool) -> int:
         if detach:

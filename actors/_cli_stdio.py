@@ -6,7 +6,10 @@ import contextlib
 import os
 import threading
 import time
-from typing import Any
+
+TYPE_CHECKING = False  # typing costs the command line 3 ms to import
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _private_dir(base: str, prefix: str) -> str:

@@ -5,7 +5,7 @@ silent), checked the way ``actors.config`` documents it; a problem raises
 ``InvalidArgument`` naming ``section.key`` and the file.  ``actors.config``
 builds its frozen ``Config`` from these values.  The command line reads them
 directly: it needs three of them, and this module costs little to import (no
-dataclasses, no pathlib; tomllib only once a file is read).
+dataclasses, no pathlib, no tomllib for a file in plain TOML: ``actors._toml_lite``).
 
 Paths are returned as the file spells them; ``path_text`` gives the form
 ``pathlib.Path`` would print.  ``DEFAULTS`` must agree with the defaults of
@@ -15,19 +15,24 @@ Paths are returned as the file spells them; ``path_text`` gives the form
 from __future__ import annotations
 
 import os
-from typing import Any, Final, Literal, NoReturn, cast, get_args
 
+from actors import _toml_lite
 from actors.errdefs import InvalidArgument, NotFound
+
+TYPE_CHECKING = False  # typing costs the command line 3 ms to import
+if TYPE_CHECKING:
+    from typing import Any, Final, NoReturn
 
 __all__ = ["DEFAULT_PATH", "DEFAULTS", "read", "check", "path_text"]
 
 DEFAULT_PATH: Final = "/etc/contactor/contactor.toml"
 
-RuntimeName = Literal["runc", "crun"]
-CgroupDriver = Literal["cgroupfs", "systemd"]
-LogFormat = Literal["json", "console"]
-LogLevel = Literal["debug", "info", "warning", "error"]
-NetworkMode = Literal["none", "host", "bridge"]
+# What each choice allows; actors.config's Literal types spell the same (tests/test_config.py checks).
+RUNTIME_NAMES: Final = ("runc", "crun")
+CGROUP_DRIVERS: Final = ("cgroupfs", "systemd")
+LOG_FORMATS: Final = ("json", "console")
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+NETWORK_MODES: Final = ("none", "host", "bridge")
 
 # sun_path is 108 bytes including the terminating NUL.
 _MAX_SOCKET_PATH: Final = 107
@@ -81,17 +86,26 @@ def read(path: str) -> dict[str, dict[str, Any]]:
 
     A file that does not exist is NotFound; anything wrong inside it is InvalidArgument.
     """
-    import tomllib
-
     try:
         with open(path, "rb") as f:
-            document = tomllib.load(f)
+            data = f.read()
     except FileNotFoundError:
         raise NotFound(f"{path}: configuration file not found") from None
     except OSError as e:
         raise InvalidArgument(f"{path}: cannot read configuration: {e.strerror or e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise InvalidArgument(f"{path}: invalid TOML: {e}") from None
+    try:
+        document = _toml_lite.loads(data.decode())
+    except UnicodeDecodeError:
+        document = None
+    if document is None:  # more TOML than the plain subset, or no valid TOML at all: tomllib says which
+        import tomllib
+
+        try:
+            document = tomllib.loads(data.decode())
+        except UnicodeDecodeError as e:
+            raise InvalidArgument(f"{path}: invalid TOML: not UTF-8 ({e})") from None
+        except tomllib.TOMLDecodeError as e:
+            raise InvalidArgument(f"{path}: invalid TOML: {e}") from None
     return check(document, path)
 
 
@@ -118,7 +132,7 @@ def check(document: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
     s = section("runtime")
     r = DEFAULTS["runtime"]
     runtime = {
-        "name": s.choice("name", r["name"], RuntimeName),
+        "name": s.choice("name", r["name"], RUNTIME_NAMES),
         "binary": s.optional_abspath("binary"),
         "root": s.optional_abspath("root"),
         "shim": s.command("shim", r["shim"]),
@@ -128,7 +142,7 @@ def check(document: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
 
     s = section("cgroups")
     c = DEFAULTS["cgroups"]
-    driver = s.choice("driver", c["driver"], CgroupDriver)
+    driver = s.choice("driver", c["driver"], CGROUP_DRIVERS)
     parent = s.string("parent", c["parent"])
     if driver == "cgroupfs" and (not parent.startswith("/") or ".." in parent.split("/")):
         s.fail("parent", f"must be an absolute path without '..' for the cgroupfs driver, not {parent!r}")
@@ -139,15 +153,15 @@ def check(document: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
     s = section("log")
     lg = DEFAULTS["log"]
     log = {
-        "format": s.choice("format", lg["format"], LogFormat),
-        "level": s.choice("level", lg["level"], LogLevel),
+        "format": s.choice("format", lg["format"], LOG_FORMATS),
+        "level": s.choice("level", lg["level"], LOG_LEVELS),
         "file": s.optional_abspath("file"),
     }
 
     s = section("network")
     n = DEFAULTS["network"]
     network = {
-        "mode": s.choice("mode", n["mode"], NetworkMode),
+        "mode": s.choice("mode", n["mode"], NETWORK_MODES),
         "bridge": s.ifname("bridge", n["bridge"]),
         "subnet": s.subnet("subnet", n["subnet"]),
         "nat": s.boolean("nat", n["nat"]),
@@ -245,13 +259,16 @@ class _Section:
         return value
 
     def string(self, key: str, default: str) -> str:
-        return cast(str, self._typed(key, default, str, "a string"))
+        value: str = self._typed(key, default, str, "a string")
+        return value
 
     def boolean(self, key: str, default: bool) -> bool:
-        return cast(bool, self._typed(key, default, bool, "a boolean"))
+        value: bool = self._typed(key, default, bool, "a boolean")
+        return value
 
     def integer(self, key: str, default: int) -> int:
-        return cast(int, self._typed(key, default, int, "an integer"))
+        value: int = self._typed(key, default, int, "an integer")
+        return value
 
     def positive(self, key: str, default: int, most: int) -> int:
         value = self.integer(key, default)
@@ -266,14 +283,15 @@ class _Section:
         return float(value)
 
     def strings(self, key: str) -> tuple[str, ...]:
-        value = cast(list[object], self._typed(key, [], list, "an array of strings"))
+        value: list[object] = self._typed(key, [], list, "an array of strings")
+        strings: list[str] = []
         for item in value:
             if not isinstance(item, str):
                 self.fail(key, f"must be an array of strings, not contain {_toml_type(item)}")
-        return tuple(cast(list[str], value))
+            strings.append(item)
+        return tuple(strings)
 
-    def choice(self, key: str, default: str, choices: object) -> str:
-        allowed: tuple[str, ...] = get_args(choices)
+    def choice(self, key: str, default: str, allowed: tuple[str, ...]) -> str:
         value = self.string(key, default)
         if value not in allowed:
             self.fail(key, f"must be one of {', '.join(map(repr, allowed))}, not {value!r}")

@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
 from actors import _config_file
 from actors._cli_args import _pairs, _parser, _resources, _since
 from actors._cli_base import Base
 from actors.errdefs import EXIT_CODES, ContactorError, InvalidArgument
 
+TYPE_CHECKING = False  # typing costs the command line 3 ms to import
 if TYPE_CHECKING:
+    from typing import Any
+
     from actors.config import Config
 
 __all__ = ["main"]
@@ -288,6 +291,18 @@ def _daemon_config(args: argparse.Namespace, settings: dict[str, dict[str, Any]]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line's entry; ``argv`` (else ``sys.argv``) without the program name."""
+    try:
+        return _main(argv)
+    finally:
+        if argv is None:
+            # The process ends next. Python's last garbage collection at exit walks every object
+            # the command made (argparse's, the modules', a 500-task answer): 5-6 ms of a 45 ms
+            # `tasks ls`. Frozen objects are skipped; memory goes back with the process.
+            gc.freeze()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if getattr(args, "args", None) and args.args[0] == "--":
         args.args = args.args[1:]

@@ -21,11 +21,10 @@ import ipaddress
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from actors import _config_file
 from actors import restart as restart_defaults
-from actors._config_file import CgroupDriver, LogFormat, LogLevel, NetworkMode, RuntimeName
 
 __all__ = [
     "DEFAULT_PATH",
@@ -40,6 +39,13 @@ __all__ = [
 ]
 
 DEFAULT_PATH: Final = Path(_config_file.DEFAULT_PATH)
+
+# The choices of the file's options; actors._config_file checks the file against its tuples of the same.
+RuntimeName = Literal["runc", "crun"]
+CgroupDriver = Literal["cgroupfs", "systemd"]
+LogFormat = Literal["json", "console"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+NetworkMode = Literal["none", "host", "bridge"]
 
 _DEFAULT_SUBNET: Final = ipaddress.IPv4Network("10.88.0.0/16")
 

@@ -105,6 +105,18 @@ def test_cluster_timings_and_labels_are_read(tmp_path: Path) -> None:
     assert cfg.cluster.labels == (("zone", "a"), ("disk", "ssd"))
 
 
+def test_the_checked_choices_are_the_config_types_choices() -> None:
+    from typing import get_args
+
+    from actors import _config_file
+
+    assert get_args(config.RuntimeName) == _config_file.RUNTIME_NAMES
+    assert get_args(config.CgroupDriver) == _config_file.CGROUP_DRIVERS
+    assert get_args(config.LogFormat) == _config_file.LOG_FORMATS
+    assert get_args(config.LogLevel) == _config_file.LOG_LEVELS
+    assert get_args(config.NetworkMode) == _config_file.NETWORK_MODES
+
+
 def test_config_values_are_frozen() -> None:
     cfg = config.Config()
 
