@@ -193,3 +193,18 @@ def test_the_client_names_the_task_type() -> None:
     assert client.Task is TaskInfo
     with pytest.raises(AttributeError):
         client.Tasks  # noqa: B018
+
+
+def test_the_command_line_starts_without_its_heavy_imports() -> None:
+    # typing, tomllib (for a plain file), socket's enums, dataclasses and pathlib were 10 ms of every
+    # command's 45: a module that brings one back shows here.
+    probe = (
+        "import sys, actors.cli as cli\n"
+        f"args = cli._parser().parse_args(['--config', {str(REPO / 'conf' / 'contactor.toml')!r}, 'tasks', 'ls'])\n"
+        "cli._settings(args)\n"
+        "print(' '.join(sorted(m for m in ('typing', 'tomllib', 'socket', 'dataclasses', 'pathlib', 'json')"
+        " if m in sys.modules)))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == []
