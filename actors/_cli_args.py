@@ -86,34 +86,34 @@ def _resources(a: argparse.Namespace) -> dict[str, Any]:
 
 
 class _Lazy(argparse.ArgumentParser):
-    """A command's parser whose arguments ``add(parser)`` adds when it is first used, to parse or for help.
+    """A command's parser, made when it is first used (to parse, or for its help).
 
-    A command then builds its own parser and its group's, not the twenty-odd of every command, each of
-    which costs its start-up a fraction of a millisecond.
+    Each ArgumentParser made costs a command's start-up about 0.2 ms, most of it gettext looking up
+    translations of argparse's own words; a command makes its own parser and its group's, not the
+    twenty-odd of every command. Until then the parser keeps what it was made with and its
+    ``set_defaults``; the first look at anything else makes it, then ``add(parser)`` adds its arguments.
     """
 
     def __init__(self, *args: Any, add: Callable[[argparse.ArgumentParser], object] | None = None,
                  **kwargs: Any) -> None:  # fmt: skip
         kwargs.setdefault("formatter_class", _formatter)
-        super().__init__(*args, **kwargs)
-        self._add = add
+        self.__dict__["_lazy"] = (args, kwargs, add, {})
 
-    def _complete(self) -> None:
-        if self._add is not None:
-            add, self._add = self._add, None
+    def __getattr__(self, name: str) -> Any:
+        if "_lazy" not in self.__dict__:
+            raise AttributeError(name)
+        args, kwargs, add, defaults = self.__dict__.pop("_lazy")
+        argparse.ArgumentParser.__init__(self, *args, **kwargs)
+        argparse.ArgumentParser.set_defaults(self, **defaults)
+        if add is not None:
             add(self)
+        return getattr(self, name)
 
-    def parse_known_args(self, *args: Any, **kwargs: Any) -> Any:
-        self._complete()
-        return super().parse_known_args(*args, **kwargs)
-
-    def format_usage(self) -> str:
-        self._complete()
-        return super().format_usage()
-
-    def format_help(self) -> str:
-        self._complete()
-        return super().format_help()
+    def set_defaults(self, **kwargs: Any) -> None:
+        if "_lazy" in self.__dict__:
+            self.__dict__["_lazy"][3].update(kwargs)
+        else:
+            super().set_defaults(**kwargs)
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
