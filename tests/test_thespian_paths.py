@@ -287,3 +287,64 @@ def test_a_whole_packet_is_deserialized_once_however_often_it_is_asked_for() -> 
     buf.removeExtra()
     assert buf.completed() == (("message", 1), b"")
     assert len(calls) == 1
+
+
+_CHUNK_PROBE = """
+import sys
+from actors import thespian_tuning
+
+def minor_faults():
+    with open("/proc/self/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[7])
+
+def leaf():  # a frame of about 250 bytes: more than one step of at(), so some depth puts it over an edge
+    a = b = c = d = e = f = g = h = i = j = k = l = m = n = o = p = q = r = s = t = 0
+    return a
+
+def loop():
+    for _ in range(5000):
+        leaf()
+
+def at(depth, run):
+    return at(depth - 1, run) if depth else run()
+
+worst = {}
+for own_chunk in (False, True):
+    worst[own_chunk] = 0
+    for depth in range(200):  # about 24 KiB of frames: past the edge of a 16 KiB chunk
+        before = minor_faults()
+        at(depth, (lambda: thespian_tuning._in_own_chunk(loop)) if own_chunk else loop)
+        worst[own_chunk] = max(worst[own_chunk], minor_faults() - before)
+print(worst[False], worst[True])
+"""
+
+
+def test_a_loop_at_the_edge_of_a_stack_chunk_maps_no_chunk_per_call_in_its_own_chunk() -> None:
+    # CPython before 3.13 maps a frame-stack chunk when a call does not fit in the current one and
+    # unmaps it when the call returns: a loop at the edge pays a page fault (and mmap/munmap) per call.
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-c", _CHUNK_PROBE], capture_output=True, text=True, cwd=repo, timeout=120)
+    assert r.returncode == 0, r.stderr
+    bare, own = map(int, r.stdout.split())
+    if sys.version_info < (3, 13):
+        assert bare >= 4000, "the probe no longer finds the edge of a chunk"
+    assert own < 100
+
+
+def test_every_actor_process_starts_in_a_stack_chunk_of_its_own() -> None:
+    from thespian.system import multiprocCommon
+
+    from actors import thespian_tuning
+
+    thespian_tuning.tune()
+    start = multiprocCommon.startChild
+    assert getattr(start, "_contactor_tuned", False)
+    thespian_tuning.tune()
+    assert multiprocCommon.startChild is start  # not wrapped twice
+    seen: list[Any] = []
+    assert start._thespian is not start
+    assert thespian_tuning._in_own_chunk(lambda *a, **k: seen.append((a, k)) or 7, 1, x=2) == 7
+    assert seen == [((1,), {"x": 2})]
