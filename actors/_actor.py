@@ -17,7 +17,7 @@ from thespian.actors import Actor, ActorExitRequest, ThespianWatch
 
 from actors.errdefs import ContactorError
 from actors.logs import get_logger
-from actors.messages import Answer, Ask, ErrorReply
+from actors.messages import Answer, Ask, Batch, ErrorReply
 
 __all__ = ["ContactorActor", "error_reply"]
 
@@ -77,6 +77,10 @@ class ContactorActor(Actor):  # type: ignore[misc]
                 if idle is None:
                     idle, _ = os.pipe()  # a read end nobody writes to: never ready
                 os.dup2(idle, fd)
+
+    def on_Batch(self, msg: Batch, sender: Any) -> None:
+        for each in msg.messages:
+            self.receiveMessage(each, sender)
 
     def unhandled(self, msg: Any, sender: Any) -> None:
         if isinstance(msg, Ask):

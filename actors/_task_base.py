@@ -25,7 +25,7 @@ from thespian.actors import ActorExitRequest
 from actors import task_network
 from actors._actor import ContactorActor
 from actors.bundle import write_atomic
-from actors.cgroups import Host, OomWatch, detect, placement, remove_empty_parents, remove_task_cgroups
+from actors.cgroups import Host, OomWatch, detect, placement, remove_task_cgroups
 from actors.errdefs import ContactorError
 from actors.events import envelope
 from actors.messages import (
@@ -259,15 +259,10 @@ class TaskBase(ContactorActor):
         next task's cgroup under it (its mkdir of the leaf failed with ENOENT), and every
         create in an emptied namespace made it again in every hierarchy.
         """
-        setup = self.setup
-        assert setup is not None
-        parent = str(setup.config.cgroups.parent).rstrip("/")
-        path = self._cgroups_path()
         try:
-            busy = remove_task_cgroups(_host(), path)
+            busy = remove_task_cgroups(_host(), self._cgroups_path())
             if busy:
                 self.log.error("cgroups_left_busy", paths=[str(p) for p in busy])
-            remove_empty_parents(path, keep=parent.count("/") + 1)
         except ContactorError as exc:
             self.log.error("cgroup_removal_failed", error=exc.message)
 

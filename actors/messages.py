@@ -36,6 +36,15 @@ class Answer:
 
 
 @dataclass(frozen=True, slots=True)
+class Batch:
+    """Messages from one actor to another, sent as one: the receiver handles them in order, each
+    as if it had come alone (``ContactorActor.on_Batch``). A TaskHost sends what its TaskActors
+    sent to the same actor meanwhile this way: one Thespian message and one ACK for all of them."""
+
+    messages: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorReply:
     category: str
     message: str

@@ -67,3 +67,71 @@ def test_tasks_share_hosts_a_dead_host_has_every_task_restored_and_empty_hosts_g
     inits = sorted(e["container_id"] for e in exits if e["id"] == e["container_id"])
     assert inits == sorted(ids), "one init exit each, none invented"
     assert check_leftovers(daemon, Ledger(), set(ids)) == []
+
+
+def test_a_flush_sends_what_went_to_one_actor_as_one_batch_and_keeps_each_actor_s_order() -> None:
+    import threading
+
+    from actors.messages import Answer, Batch
+    from actors.task_host import TaskHost
+
+    class Address:  # as Thespian's ActorAddress: equal by value, not hashable
+        __hash__ = None  # type: ignore[assignment]
+
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, Address) and other.name == self.name
+
+        def __repr__(self) -> str:
+            return self.name
+
+    rt, ex, gw = Address("rt"), Address("ex"), Address("gw")
+    host = TaskHost.__new__(TaskHost)  # only the outbox: the sends are recorded, not made
+    host.lock = threading.Lock()
+    sent: list[tuple[object, object]] = []
+    host.send = lambda target, msg: sent.append((target, msg))  # type: ignore[method-assign]
+    answer = Answer(1, "x")
+    host.outbox = [("send", rt, "a1"), ("send", ex, "p1"), ("send", Address("rt"), "a2"), ("send", rt, answer),
+                   ("send", rt, "a3"), ("send", ex, "p2"), ("send", gw, "g1")]  # fmt: skip
+    host._flush()
+    assert sent == [(rt, Batch(("a1", "a2"))), (rt, answer), (ex, Batch(("p1", "p2"))), (rt, "a3"), (gw, "g1")]
+    assert host.outbox == []
+
+
+def test_a_batch_is_handled_as_its_messages_one_by_one_in_order() -> None:
+    from dataclasses import dataclass
+
+    from thespian.actors import ActorSystem
+
+    from actors._actor import ContactorActor
+    from actors.messages import Answer, Ask, Batch, ErrorReply
+
+    @dataclass(frozen=True)
+    class Note:
+        text: str
+
+    class Recorder(ContactorActor):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[str] = []
+
+        def on_Note(self, msg: Note, sender: object) -> None:
+            if msg.text == "boom":
+                raise RuntimeError("boom")
+            self.seen.append(msg.text)
+
+        def ask_str(self, body: str, ask: Ask, sender: object) -> list[str]:
+            if body == "fail":
+                raise ValueError("asked to")
+            return list(self.seen)
+
+    asys = ActorSystem("simpleSystemBase", transientUnique=True)
+    try:
+        recorder = asys.createActor(Recorder)
+        failed = asys.ask(recorder, Batch((Note("a"), Note("boom"), Note("b"), Ask(1, "fail"))), 5)
+        assert isinstance(failed, Answer) and isinstance(failed.body, ErrorReply)  # one failure, the rest went on
+        assert asys.ask(recorder, Batch((Note("c"), Ask(2, "seen"))), 5) == Answer(2, ["a", "b", "c"])
+    finally:
+        asys.shutdown()
