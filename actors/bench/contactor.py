@@ -52,7 +52,11 @@ class Contactor:
         return Client(self.daemon.address, namespace=self.ns)
 
     def _cli(self, *argv: str) -> list[str]:
-        return [sys.executable, "-m", "actors.cli", "--config", str(self.daemon.config), "-n", self.ns, *argv]
+        """The ``contactor`` command as installed beside this interpreter (what a user runs, as
+        ``ctr`` is for containerd), else ``python -m actors.cli``, which also imports runpy."""
+        command = Path(sys.executable).with_name("contactor")
+        prefix = [str(command)] if os.access(command, os.X_OK) else [sys.executable, "-m", "actors.cli"]
+        return [*prefix, "--config", str(self.daemon.config), "-n", self.ns, *argv]
 
     def _next(self, prefix: str) -> str:
         self.counter += 1
