@@ -14,7 +14,6 @@ host's; ``bridge``: the one the TaskActor makes and bind-mounts at a path).
 
 from __future__ import annotations
 
-import copy
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -150,8 +149,10 @@ def apply_to_spec(spec: Mapping[str, Any], mode: str, netns: str = "") -> dict[s
 
     ``none``: a new namespace (the runtime brings its loopback up); ``host``: no
     network namespace at all; ``bridge``: the namespace bind-mounted at ``netns``.
+    The copy is new down to ``linux.namespaces``; below and beside that it shares
+    ``spec``'s values (a deep copy was a tenth of the RuntimeActor's CPU per create).
     """
-    out = copy.deepcopy(dict(spec))
+    out = dict(spec)
     linux = dict(out.get("linux") or {})
     others = [n for n in linux.get("namespaces") or [] if not (isinstance(n, dict) and n.get("type") == "network")]
     if mode == "none":
