@@ -331,6 +331,12 @@ class RuntimeActor(ContactorActor):
             return self._while_respawning(ns, cid, msg)
         if entry is None:
             raise NotFound(f"task {cid} not found")
+        info = entry.info
+        if msg.op == "wait" and not msg.params.get("exec_id") and info is not None and info.status == "stopped":
+            # The exit is in the table (the TaskActor reports it as soon as its shim does): the answer
+            # the TaskActor would give after asking its shim, without either of them, and without
+            # waiting for a TaskHost that is busy.
+            return TaskReply({"pid": info.pid, "exit_status": info.exit_status, "exited_at": info.exited_at})
         assert self.peers is not None
         target = self.peers.monitor if msg.op == "metrics" else entry.address
         self.send(target, Ask(ask.corr, msg, ask.reply_to or sender))

@@ -137,6 +137,22 @@ def test_task_actor_and_shim_memory_is_mergeable_and_the_container_is_not(
         c.delete_task("merge", force=True)
 
 
+def test_a_wait_on_a_stopped_task_is_answered_while_its_task_host_is_stopped(daemon: Daemon, rootfs: Path) -> None:
+    with daemon.client() as c:
+        run(c, rootfs, "done", ["/bin/sh", "-c", "exit 7"])
+        first = c.wait("done", timeout=30)
+        wait_for(lambda: next(t for t in c.list_tasks() if t.id == "done").status == "stopped", 10, "stopped")
+        host = next(t for t in c.list_tasks() if t.id == "done").actor_pid
+        os.kill(host, signal.SIGSTOP)  # the TaskActor cannot answer now; the RuntimeActor knows the exit
+        try:
+            again = c.wait("done", timeout=10)
+        finally:
+            os.kill(host, signal.SIGCONT)
+        assert again == first and first["exit_status"] == 7 and first["pid"] > 0 and first["exited_at"] > 0
+        c.delete_task("done")
+        c.delete_container("done")
+
+
 def test_a_killed_task_actor_is_replaced_and_the_container_does_not_notice(
     daemon: Daemon, rootfs: Path
 ) -> None:
