@@ -38,6 +38,9 @@ from actors.mount import unmount_all
 
 __all__ = ["Daemon", "tear_down", "private_daemon", "contactor_daemon", "shim_of", "kill_shim"]
 
+# The directory that holds the `actors` package this module belongs to.
+_PACKAGE_HOME = Path(__file__).resolve().parent.parent
+
 
 def free_port() -> int:
     import socket
@@ -74,9 +77,11 @@ class Daemon:
         with contextlib.suppress(Unavailable, KeyError), Client(self.address, timeout=2) as c:
             stale = c.call("health", timeout=5)["pids"]["supervisor"]
         logf = open(self.log, "ab")  # noqa: SIM115
+        # `python -m` puts its working directory first on sys.path: run it where this very `actors`
+        # package lives, so the daemon runs the code its caller imported, wherever the caller runs.
         self.proc = subprocess.Popen(
             [*self.launcher, sys.executable, "-m", "actors.cli", "--config", str(self.config), "daemon"],
-            stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True,
+            stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True, cwd=_PACKAGE_HOME,
         )  # fmt: skip
         logf.close()
         deadline = time.monotonic() + timeout

@@ -347,3 +347,13 @@ def test_tasks_are_listed_while_they_are_restored(daemon: Daemon, rootfs: Path) 
         with contextlib.suppress(ProcessLookupError):
             os.kill(shim, signal.SIGCONT)
 
+
+
+def test_the_daemon_runs_the_actors_package_its_starter_imported(daemon: Daemon) -> None:
+    # `python -m actors.cli` imports from its working directory first: the fixture runs it where the
+    # starter's own `actors` lives, so a caller in another directory still tests its own code.
+    import actors
+
+    assert daemon.proc is not None
+    home = Path(actors.__file__).resolve().parent.parent
+    assert os.readlink(f"/proc/{daemon.proc.pid}/cwd") == str(home)
