@@ -94,16 +94,15 @@ def read(path: str) -> dict[str, dict[str, Any]]:
     except OSError as e:
         raise InvalidArgument(f"{path}: cannot read configuration: {e.strerror or e}") from None
     try:
-        document = _toml_lite.loads(data.decode())
-    except UnicodeDecodeError:
-        document = None
+        text = data.decode()
+    except UnicodeDecodeError as e:
+        raise InvalidArgument(f"{path}: invalid TOML: not UTF-8 ({e})") from None
+    document = _toml_lite.loads(text)
     if document is None:  # more TOML than the plain subset, or no valid TOML at all: tomllib says which
         import tomllib
 
         try:
-            document = tomllib.loads(data.decode())
-        except UnicodeDecodeError as e:
-            raise InvalidArgument(f"{path}: invalid TOML: not UTF-8 ({e})") from None
+            document = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise InvalidArgument(f"{path}: invalid TOML: {e}") from None
     return check(document, path)

@@ -349,7 +349,7 @@ def test_tasks_are_listed_while_they_are_restored(daemon: Daemon, rootfs: Path) 
 
 
 
-def test_the_daemon_runs_the_actors_package_its_starter_imported(daemon: Daemon) -> None:
+def test_the_daemon_is_started_where_its_starter_s_actors_package_lives(daemon: Daemon) -> None:
     # `python -m actors.cli` imports from its working directory first: the fixture runs it where the
     # starter's own `actors` lives, so a caller in another directory still tests its own code.
     import actors

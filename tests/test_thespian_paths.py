@@ -334,7 +334,7 @@ def test_a_loop_at_the_edge_of_a_stack_chunk_maps_no_chunk_per_call_in_its_own_c
     assert own < 100
 
 
-def test_every_actor_process_starts_in_a_stack_chunk_of_its_own() -> None:
+def test_tune_has_thespian_start_every_actor_through_its_own_chunk_once() -> None:
     from thespian.system import multiprocCommon
 
     from actors import thespian_tuning
@@ -345,6 +345,7 @@ def test_every_actor_process_starts_in_a_stack_chunk_of_its_own() -> None:
     thespian_tuning.tune()
     assert multiprocCommon.startChild is start  # not wrapped twice
     seen: list[Any] = []
-    assert start._thespian is not start
+    assert start._thespian.__module__ == "thespian.system.multiprocCommon"  # Thespian's own, wrapped once
+    assert thespian_tuning._in_own_chunk.__code__.co_stacksize >= thespian_tuning._OWN_CHUNK_SLOTS
     assert thespian_tuning._in_own_chunk(lambda *a, **k: seen.append((a, k)) or 7, 1, x=2) == 7
     assert seen == [((1,), {"x": 2})]
