@@ -54,7 +54,7 @@ DEFAULTS: Final[dict[str, dict[str, Any]]] = {
         "no_shim": False,
         "shim_debug": False,
     },
-    "cgroups": {"driver": "cgroupfs", "parent": "/contactor"},
+    "cgroups": {"driver": "cgroupfs", "parent": "/contactor", "favor_dynmods": True},
     "log": {"format": "json", "level": "info", "file": None},
     "network": {"mode": "none", "bridge": "contactor0", "subnet": "10.88.0.0/16", "nat": False},
     "cluster": {
@@ -147,7 +147,8 @@ def check(document: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
         s.fail("parent", f"must be an absolute path without '..' for the cgroupfs driver, not {parent!r}")
     if driver == "systemd" and not parent:
         s.fail("parent", "must name a slice for the systemd driver")
-    cgroups = {"driver": driver, "parent": parent}
+    favor = s.boolean("favor_dynmods", c["favor_dynmods"])
+    cgroups = {"driver": driver, "parent": parent, "favor_dynmods": favor}
 
     s = section("log")
     lg = DEFAULTS["log"]

@@ -77,6 +77,9 @@ class RuntimeConfig:
 class CgroupsConfig:
     driver: CgroupDriver = "cgroupfs"
     parent: str = "/contactor"
+    # Set cgroup2's favordynmods at start: a process moves between cgroups without an RCU wait
+    # (see actors/_cgroup_dynmods.py).
+    favor_dynmods: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -200,6 +200,22 @@ def _environment(cfg: Config) -> None:
         os.environ["CONVENTION_REGISTRATION_MISS_MAX"] = str(c.miss_max)
 
 
+def _favor_dynmods(cfg: Config, log: Any) -> None:
+    """cgroup2's favordynmods, as configured (see actors/_cgroup_dynmods.py); never fatal."""
+    if not cfg.cgroups.favor_dynmods:
+        return
+    from actors._cgroup_dynmods import favor_dynmods
+
+    try:
+        outcome = favor_dynmods()
+    except OSError as exc:
+        outcome = str(exc)
+    if outcome in ("set", "already"):
+        log.info("cgroup_favor_dynmods", outcome=outcome)
+    else:
+        log.warning("cgroup_favor_dynmods_unavailable", reason=outcome)
+
+
 def _minutes(seconds: int) -> str:
     """Thespian's M:SS."""
     return f"{seconds // 60}:{seconds % 60:02d}"
@@ -244,6 +260,7 @@ def run(cfg: Config) -> int:
     factory = _Factory(state, log)
     try:
         _clear_stale(state, log)
+        _favor_dynmods(cfg, log)
         factory.start()
         _environment(cfg)
         restarts = 0

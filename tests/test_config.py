@@ -37,6 +37,7 @@ def test_load_without_a_file_gives_the_documented_defaults() -> None:
     assert cfg.runtime.shim_debug is False
     assert cfg.cgroups.driver == "cgroupfs"
     assert cfg.cgroups.parent == "/contactor"
+    assert cfg.cgroups.favor_dynmods is True
     assert cfg.log.format == "json"
     assert cfg.log.level == "info"
     assert cfg.log.file is None
@@ -185,6 +186,7 @@ BAD_FILES = [
         '[cgroups]\nparent = "contactor"\n',
         "cgroups.parent must be an absolute path",
     ),
+    ("favor-not-bool", '[cgroups]\nfavor_dynmods = "yes"\n', "cgroups.favor_dynmods must be a boolean"),
     ("subnet-host-bits", '[network]\nsubnet = "10.88.0.1/16"\n', "network.subnet must be an IPv4 subnet"),
     ("subnet-junk", '[network]\nsubnet = "banana"\n', "network.subnet must be an IPv4 subnet"),
     ("subnet-tiny", '[network]\nsubnet = "10.0.0.0/31"\n', "network.subnet must leave room"),
