@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Shims, Task, wait_pid_gone
+from conftest import Shims, Task, wait_for, wait_pid_gone
 
 from actors.shim.client import ShimClient, start_shim
 from actors.shim.factory import start_factory
@@ -79,3 +79,86 @@ def test_factory_errors_reach_the_caller(shims: Shims, factory: tuple[str, int])
     from actors.bundle import delete_bundle
 
     delete_bundle(bundle)
+
+
+def _children(pid: int) -> list[int]:
+    """Live children of ``pid`` (zombies and exited ones left out)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
+            out.append(int(entry))
+    return out
+
+
+def _spare_of(factory_pid: int) -> int:
+    """The factory's one child that is not a shim: its spare (waited for: it is forked after an answer)."""
+    found: list[int] = []
+
+    def one() -> bool:
+        spares = [p for p in _children(factory_pid) if os.getsid(p) != p]  # a shim has a session of its own
+        found[:] = spares
+        return len(spares) == 1
+
+    wait_for(one, 10, "the factory's spare")
+    return found[0]
+
+
+def test_a_shim_is_the_spare_forked_ahead_and_a_new_spare_follows(
+    shims: Shims, factory: tuple[str, int]
+) -> None:
+    address, factory_pid = factory
+    spare = _spare_of(factory_pid)
+    cid, bundle = shims.bundle(["/bin/sh", "-c", "exit 3"])
+    runtime_root = str(shims.state / "runc" / shims.namespace)
+
+    handle = start_shim(shims.namespace, cid, str(bundle), runtime_root, factory=address)
+
+    task = Task(
+        shims.namespace, cid, bundle, "runc", runtime_root, handle, ShimClient(handle.address), shims.rootfs
+    )
+    shims.tasks.append(task)
+    assert handle.pid == spare, "the request went to the spare"
+    assert os.getsid(handle.pid) == handle.pid
+    assert not _socket_inodes(factory_pid) & _socket_inodes(handle.pid), "no socket of the factory kept"
+    assert _spare_of(factory_pid) != spare, "a new spare for the next request"
+    task.run()
+    assert task.client.call("wait", timeout=30)["exit_status"] == 3
+    task.client.call("delete")
+
+
+def test_a_dead_spare_leaves_the_request_to_a_plain_fork(shims: Shims, factory: tuple[str, int]) -> None:
+    address, factory_pid = factory
+    spare = _spare_of(factory_pid)
+    os.kill(spare, signal.SIGKILL)
+    assert wait_pid_gone(spare, 10)
+    cid, bundle = shims.bundle(["/bin/true"])
+    runtime_root = str(shims.state / "runc" / shims.namespace)
+
+    handle = start_shim(shims.namespace, cid, str(bundle), runtime_root, factory=address)
+
+    task = Task(
+        shims.namespace, cid, bundle, "runc", runtime_root, handle, ShimClient(handle.address), shims.rootfs
+    )
+    shims.tasks.append(task)
+    assert handle.pid != spare
+    task.run()
+    assert task.client.call("wait", timeout=30)["exit_status"] == 0
+    task.client.call("delete")
+    _spare_of(factory_pid)  # and the factory keeps a spare again
+
+
+def test_a_spare_goes_with_its_factory(tmp_path: Path) -> None:
+    pid = start_factory(str(tmp_path / "factory.sock"))
+    try:
+        spare = _spare_of(pid)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    assert wait_pid_gone(pid, 10)
+    assert wait_pid_gone(spare, 10), "a spare whose factory is gone exits"

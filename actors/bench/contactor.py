@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from actors.bench.common import REPO, pgid_of, pids, pss_kb, run
+from actors.bench.common import REPO, pgid_of, pids, ppid_of, pss_kb, run
 from actors.cgroups import remove_empty_parents
 from actors.client import Client, Task
 from actors.spec import default_spec
@@ -117,14 +117,17 @@ class Contactor:
         return (sum(pss_kb(t.shim_pid) for t in tasks) + sum(pss_kb(p) for p in hosts)) / len(tasks), own
 
     def daemon_pids(self, tasks: Sequence[Task]) -> list[int]:
-        """The daemon's own processes: supervisor, actor system, shim factory, less the TaskHosts
-        that run the tasks' TaskActors (an empty, warm host counts as the daemon's)."""
+        """The daemon's own processes: supervisor, actor system, shim factory and its spare, less
+        the TaskHosts that run the tasks' TaskActors (an empty, warm host counts as the daemon's)."""
         pgid = self.daemon.actor_pgid()
         own = {p for p in pids() if pgid_of(p) == pgid} if pgid else set()
         if self.daemon.proc is not None:
             own.add(self.daemon.proc.pid)
         with contextlib.suppress(OSError, ValueError):
-            own.add(int((self.daemon.state / "shim-factory.pid").read_text().split()[0]))
+            factory = int((self.daemon.state / "shim-factory.pid").read_text().split()[0])
+            own.add(factory)
+            # The spare stays in the factory's session; a shim has a session of its own.
+            own.update(p for p in pids() if ppid_of(p) == factory and pgid_of(p) == pgid_of(factory))
         return sorted(own - {t.actor_pid for t in tasks})
 
     # -- (5) -----------------------------------------------------------------------------------------------
