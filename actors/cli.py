@@ -51,6 +51,12 @@ class Commands(Base):
                             cwd=a.cwd, terminal=a.tty, resources=resources)  # fmt: skip
 
     def containers_create(self) -> int:
+        record = self.client.create_container(self.args.id, *self._record())
+        self.out(record, lambda: None)
+        return 0
+
+    def _record(self) -> tuple[dict[str, Any], str, str, dict[str, str]]:
+        """The new container's spec, rootfs, runtime and labels, from the command line."""
         a = self.args
         rootfs = os.path.realpath(a.rootfs)
         if not os.path.isdir(os.path.join(rootfs, "bin")):
@@ -66,9 +72,7 @@ class Commands(Base):
 
             labels.update(netopts.to_labels(a.net, a.ip or "", a.publish))
         runtime = a.runtime or self.settings["runtime"]["name"]
-        record = self.client.create_container(a.id, self._spec(), rootfs, runtime, labels)
-        self.out(record, lambda: None)
-        return 0
+        return self._spec(), rootfs, runtime, labels
 
     def containers_ls(self) -> int:
         records = self.client.list_containers(self.args.filters)
@@ -195,6 +199,8 @@ class Commands(Base):
 
     def run(self) -> int:
         a = self.args
+        if not a.detach and not a.tty:
+            return self._run_at_once()
         self.containers_create()
         try:
             status = self._attached(a.id, a.detach, a.interactive, a.tty)
@@ -209,6 +215,34 @@ class Commands(Base):
             self.client.delete_task(a.id)
             self.client.delete_container(a.id)
         return status
+
+    def _run_at_once(self) -> int:
+        """``run`` in one request (tasks.run): the daemon makes, starts, waits for and (--rm) removes the
+        container; our stdio is relayed through FIFOs meanwhile."""
+        from actors._cli_stdio import _Relay
+
+        a = self.args
+        spec, rootfs, runtime, labels = self._record()
+        relay = _Relay(_config_file.path_text(self.settings["daemon"]["state"]), a.interactive, False)
+        try:
+            forward = self._forward_signals(a.id)
+            relay.start_stdin()
+            try:
+                paths = relay.paths
+                result = self.client.run(a.id, spec, rootfs, runtime, labels, stdin=paths.get("stdin", ""),
+                                         stdout=paths["stdout"], stderr=paths["stderr"], rm=a.rm)  # fmt: skip
+            except KeyboardInterrupt:
+                if a.rm:  # the daemon goes on with the run; what it made is not left behind
+                    with contextlib.suppress(ContactorError):
+                        self.client.delete_task(a.id, force=True)
+                    with contextlib.suppress(ContactorError):
+                        self.client.delete_container(a.id)
+                raise
+            relay.drain()
+            forward()
+            return int(result["exit_status"])
+        finally:
+            relay.remove()
 
     def nodes_ls(self) -> int:
         nodes = self.client.list_nodes()

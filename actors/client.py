@@ -146,6 +146,16 @@ class _Conn:
         self.sock.close()
 
 
+def _with_net(labels: dict[str, str] | None, net: str | None, ip: str, ports: Sequence[str]) -> dict[str, str]:
+    """``labels`` with the network labels of ``net``, ``ip`` and ``ports`` (see Client.create_container)."""
+    labels = dict(labels or {})
+    if net is not None or ip or ports:
+        from actors import netopts
+
+        labels.update(netopts.to_labels(net, ip, ports))
+    return labels
+
+
 def _unwrap(frame: dict[str, Any] | None, method: str) -> dict[str, Any]:
     if frame is None:
         raise Unavailable(f"the contactor daemon closed the connection during {method}")
@@ -202,14 +212,26 @@ class Client:
     ) -> dict[str, Any]:  # fmt: skip
         """A container record.  ``net`` (none, host or bridge; None: the daemon's default), ``ip`` (an
         address on the bridge) and ``ports`` (``HOST:CTR[/tcp|udp]``) become its network labels."""
-        labels = dict(labels or {})
-        if net is not None or ip or ports:
-            from actors import netopts
-
-            labels.update(netopts.to_labels(net, ip, ports))
         result = self.call("containers.create", id=id, spec=spec, rootfs=rootfs, runtime=runtime,
-                           labels=labels, image=image)  # fmt: skip
+                           labels=_with_net(labels, net, ip, ports), image=image)  # fmt: skip
         return dict(result["container"])
+
+    def run(
+        self, id: str, spec: dict[str, Any], rootfs: str = "", runtime: str = "runc",
+        labels: dict[str, str] | None = None, stdin: str = "", stdout: str = "", stderr: str = "",
+        terminal: bool = False, rm: bool = True, image: str = "", net: str | None = None, ip: str = "",
+        ports: Sequence[str] = (), timeout: float | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """The container record and its task made, started, and waited for, in one request; with ``rm``
+        both are deleted again before the answer.  Returns the exit: pid, exit_status, exited_at.
+
+        The same as create_container, create_task, start, wait (and delete_task, delete_container)
+        without a round trip for each.  A failure answers with its error after undoing what the run
+        made; if the daemon dies during a run, what it made stays (see actors/_runtime_run.py).
+        """
+        return self.call("tasks.run", timeout=timeout, id=id, spec=spec, rootfs=rootfs, runtime=runtime,
+                         labels=_with_net(labels, net, ip, ports), image=image, stdin=stdin, stdout=stdout,
+                         stderr=stderr, terminal=terminal, rm=rm)  # fmt: skip
 
     def get_container(self, id: str) -> dict[str, Any]:
         return dict(self.call("containers.get", id=id)["container"])

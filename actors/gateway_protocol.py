@@ -40,6 +40,7 @@ from actors.messages import (
     PlaceTask,
     Publish,
     Published,
+    RunTask,
     Stdio,
     TaskInfo,
     TaskList,
@@ -58,7 +59,7 @@ HEALTH: Final = "health"
 NODE_METHODS: Final = frozenset({"nodes.list", "nodes.place"})
 METHODS: Final = frozenset(
     {"containers.create", "containers.get", "containers.list", "containers.update", "containers.delete",
-     "tasks.create", "tasks.list", SUBSCRIBE, PUBLISH, HEALTH} | {f"tasks.{op}" for op in TASK_OPS}
+     "tasks.create", "tasks.run", "tasks.list", SUBSCRIBE, PUBLISH, HEALTH} | {f"tasks.{op}" for op in TASK_OPS}
     | NODE_METHODS
 )  # fmt: skip
 
@@ -86,6 +87,26 @@ def _labels(params: dict[str, Any]) -> dict[str, str] | None:
     ):
         raise InvalidArgument("labels must be a map of strings")
     return dict(value)
+
+
+def _record(ns: str, params: dict[str, Any]) -> dict[str, Any]:
+    """A container record from containers.create's (or tasks.run's) params, its spec and labels checked."""
+    record = {
+        "namespace": ns, "id": _str(params, "id", ""), "labels": _labels(params) or {},
+        "image": _str(params, "image", ""), "runtime_name": _str(params, "runtime", "runc"),
+        "runtime_options": {}, "spec": params.get("spec"), "rootfs": _str(params, "rootfs", ""),
+        "snapshot_key": "", "extensions": {},
+    }  # fmt: skip
+    check_spec(record["spec"])
+    netopts.check_labels(_labels(params) or {})  # a bad --net, --ip or -p fails here, not at task create
+    return record
+
+
+def _stdio(params: dict[str, Any]) -> Stdio:
+    terminal = params.get("terminal", False)
+    if not isinstance(terminal, bool):
+        raise InvalidArgument("terminal must be a boolean")
+    return Stdio(_str(params, "stdin", ""), _str(params, "stdout", ""), _str(params, "stderr", ""), terminal)
 
 
 def to_message(method: str, params: dict[str, Any]) -> tuple[str, Any]:
@@ -116,15 +137,12 @@ def _to_message(method: str, params: dict[str, Any]) -> tuple[str, Any]:
         raise InvalidArgument("events.subscribe is handled by the Gateway itself")
     ns = _str(params, "namespace", "")
     if method == "containers.create":
-        record = {
-            "namespace": ns, "id": _str(params, "id", ""), "labels": _labels(params) or {},
-            "image": _str(params, "image", ""), "runtime_name": _str(params, "runtime", "runc"),
-            "runtime_options": {}, "spec": params.get("spec"), "rootfs": _str(params, "rootfs", ""),
-            "snapshot_key": "", "extensions": {},
-        }  # fmt: skip
-        check_spec(record["spec"])
-        netopts.check_labels(_labels(params) or {})  # a bad --net, --ip or -p fails here, not at task create
-        return "metadata", CreateContainer(record)
+        return "metadata", CreateContainer(_record(ns, params))
+    if method == "tasks.run":
+        rm = params.get("rm", True)
+        if not isinstance(rm, bool):
+            raise InvalidArgument("rm must be a boolean")
+        return "runtime", RunTask(_record(ns, params), _stdio(params), rm)
     if method == "containers.get":
         return "metadata", GetContainer(ns, _str(params, "id", ""))
     if method == "containers.list":
@@ -137,13 +155,7 @@ def _to_message(method: str, params: dict[str, Any]) -> tuple[str, Any]:
     if method == "containers.delete":
         return "runtime", DeleteContainer(ns, _str(params, "id", ""))
     if method == "tasks.create":
-        terminal = params.get("terminal", False)
-        if not isinstance(terminal, bool):
-            raise InvalidArgument("terminal must be a boolean")
-        stdio = Stdio(
-            _str(params, "stdin", ""), _str(params, "stdout", ""), _str(params, "stderr", ""), terminal
-        )
-        return "runtime", CreateTask(ns, _str(params, "id", ""), stdio)
+        return "runtime", CreateTask(ns, _str(params, "id", ""), _stdio(params))
     if method == "tasks.list":
         return "runtime", ListTasks(ns or None)
     if method == PUBLISH:

@@ -284,6 +284,16 @@ class CreateTask:
 
 
 @dataclass(frozen=True, slots=True)
+class RunTask:
+    """Create the container record and its task, start it, wait for its exit; with ``rm`` delete both
+    again.  Answered with the exit (TaskReply of pid, exit_status, exited_at); see actors/_runtime_run.py."""
+
+    record: dict[str, Any]
+    stdio: Stdio = field(default_factory=Stdio)
+    rm: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class TaskRequest:
     """Any call on an existing task; ``op`` is one of TASK_OPS, ``params`` its arguments."""
 
@@ -339,6 +349,8 @@ class TaskSetup:
     # A task made again by its restart policy after its shim died: started right after the create.
     restarts: int = 0
     start: bool = False
+    # Started right after the create, as the first step of a run (RunTask).
+    run: bool = False
     # Which TaskActor of this task this is (the RuntimeActor's count): what it reports carries
     # the number, so a late word of one it replaced is not taken for the new one's.
     incarnation: int = 0

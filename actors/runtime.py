@@ -27,6 +27,7 @@ from thespian.actors import ActorExitRequest, ChildActorExited
 
 from actors import netopts, network, respawns, restart, task_network
 from actors._actor import ContactorActor, error_reply
+from actors._runtime_run import RuntimeRuns
 from actors.bundle import bundle_path, create_bundle, delete_bundle
 from actors.cgroups import placement
 from actors.errdefs import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -143,7 +144,7 @@ def restoring_info(state: str, ns: str, cid: str) -> TaskInfo:
     return TaskInfo(ns, cid, pid, "restoring", -1, 0.0, shim_pid, str(bundle), created_at)
 
 
-class RuntimeActor(ContactorActor):
+class RuntimeActor(ContactorActor, RuntimeRuns):
     role = "runtime"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -157,6 +158,7 @@ class RuntimeActor(ContactorActor):
         self.corr = itertools.count(1)
         # Tasks whose shim died, waiting to be made again by their restart policy.
         self.respawning: dict[tuple[str, str], Respawn] = {}
+        self._runs_init()
 
     def on_Configure(self, msg: Configure, sender: Any) -> None:
         first = self.config is None
@@ -191,6 +193,7 @@ class RuntimeActor(ContactorActor):
             for ask, _ in self.pending.values():
                 self.send(ask.reply_to, Answer(ask.corr, ErrorReply("unavailable", "the metadata actor restarted")))
             self.pending.clear()
+            self._runs_lost_metadata()
         self.peers = msg
         for host in self.hosts:
             self.send(host.address, msg)
@@ -204,7 +207,7 @@ class RuntimeActor(ContactorActor):
 
     def _spawn(self, ns: str, cid: str, restore: bool, runtime_name: str, rootfs: str, create: Ask | None = None,
                policy: str = "", net: netopts.NetOptions | None = None,
-               respawn: Respawn | None = None) -> None:  # fmt: skip
+               respawn: Respawn | None = None, run: bool = False) -> None:  # fmt: skip
         assert self.peers is not None
         host = self._host_for_task()
         host.tasks.add((ns, cid))
@@ -215,7 +218,7 @@ class RuntimeActor(ContactorActor):
             host.address,
             TaskSetup(
                 ns, cid, bundle, restore, self.config, self.peers, runtime_name, rootfs, create, policy, net,
-                respawn.restarts if respawn else 0, respawn is not None, incarnation,
+                respawn.restarts if respawn else 0, respawn is not None, run, incarnation,
             ),
         )
 
@@ -270,6 +273,8 @@ class RuntimeActor(ContactorActor):
         self.send(self.peers.metadata, Ask(corr, GetContainer(ns, cid)))
 
     def on_Answer(self, msg: Answer, sender: Any) -> None:
+        if self._run_answered(msg.corr, msg.body):
+            return
         pending = self.pending.pop(msg.corr, None)
         if pending is None:
             return
@@ -285,7 +290,7 @@ class RuntimeActor(ContactorActor):
             self.send(ask.reply_to, Answer(ask.corr, error_reply(exc)))
 
     def _create_from_record(
-        self, ask: Ask, body: CreateTask, record: dict[str, Any], respawn: Respawn | None = None
+        self, ask: Ask, body: CreateTask, record: dict[str, Any], respawn: Respawn | None = None, run: bool = False
     ) -> None:
         ns, cid = body.namespace, body.id
         if (ns, cid) in self.tasks:  # a second create raced the first
@@ -319,7 +324,7 @@ class RuntimeActor(ContactorActor):
         created = create_bundle(self.config.daemon.state, ns, cid, spec)
         (created / "runtime").write_text(runtime_name)
         self._spawn(ns, cid, False, runtime_name, str(record.get("rootfs") or ""), create=ask, policy=policy,
-                    net=net, respawn=respawn)  # fmt: skip
+                    net=net, respawn=respawn, run=run)  # fmt: skip
 
     # -- everything else --------------------------------------------------------------------------------
     def ask_TaskRequest(self, msg: TaskRequest, ask: Ask, sender: Any) -> TaskReply | None:
@@ -404,8 +409,17 @@ class RuntimeActor(ContactorActor):
             host = self._host_at(sender)
             if host is not None:
                 host.pid = msg.info.actor_pid
-        if msg.reply_to is not None and msg.answer is not None:
-            self.send(msg.reply_to, msg.answer)
+        self._deliver(msg.reply_to, msg.answer)
+        self._run_task_changed((msg.info.namespace, msg.info.id))
+
+    def _deliver(self, reply_to: Any, answer: Any) -> None:
+        """A TaskActor's answer, forwarded; one to a run's step (the RuntimeActor asked) is taken here."""
+        if reply_to is None or answer is None:
+            return
+        if reply_to == self.myAddress and isinstance(answer, Answer):
+            self.on_Answer(answer, self.myAddress)
+        else:
+            self.send(reply_to, answer)
 
     def on_TaskGone(self, msg: TaskGone, sender: Any) -> None:
         entry = self._current((msg.namespace, msg.id), sender, msg.incarnation)
@@ -416,8 +430,8 @@ class RuntimeActor(ContactorActor):
             if msg.respawn is not None:
                 self.respawning[(msg.namespace, msg.id)] = msg.respawn
                 self.wakeupAfter(msg.respawn.delay, payload=("respawn", msg.namespace, msg.id))
-        if msg.reply_to is not None and msg.answer is not None:
-            self.send(msg.reply_to, msg.answer)
+            self._run_task_gone((msg.namespace, msg.id), msg.reason)
+        self._deliver(msg.reply_to, msg.answer)
         for reply_to, answer in msg.also:
             self.send(reply_to, answer)
 
@@ -435,6 +449,7 @@ class RuntimeActor(ContactorActor):
         self._release(key, entry.address)
         if self.peers is not None:
             self.send(self.peers.gateway, TaskActorLost(*key))
+        self._run_actor_lost(key)
         if bundle_path(self.config.daemon.state, *key).exists():
             self._spawn(key[0], key[1], True, entry.runtime_name, entry.rootfs)
 

@@ -97,7 +97,7 @@ class TaskActor(TaskRestore):
             self.state.update(create=params, policy=setup.restart_policy, restarts=setup.restarts)
             pid = int(self.client.call("create", **params)["pid"])
             subscribed.result()
-            if setup.start:  # made again by its restart policy after its shim died
+            if setup.start or setup.run:  # made again by its restart policy after its shim died, or a run
                 self.client.call("start")
                 self.state["started_at"] = time.time()
         except Exception as exc:
@@ -106,7 +106,7 @@ class TaskActor(TaskRestore):
             self.send(reply_to, Answer(ask.corr, error_reply(exc)))
             return
         self._save_state()
-        self.info = self._make_info(pid, "running" if setup.start else "created")
+        self.info = self._make_info(pid, "running" if setup.start or setup.run else "created")
         io = {
             "stdin": stdio.stdin,
             "stdout": stdio.stdout,
@@ -125,6 +125,8 @@ class TaskActor(TaskRestore):
             self._publish("/tasks/restart", {"container_id": setup.id, "pid": pid, "restarts": setup.restarts},
                           key=self._key("restart", pid))  # fmt: skip
             self.log.info("task_restarted", pid=pid, restarts=setup.restarts, after="shim died")
+        elif setup.run:
+            self._publish("/tasks/start", {"container_id": setup.id, "pid": pid}, key=self._key("start", pid))
 
     # -- events from the shim, and its death --------------------------------------------------------------
     def on_WatchMessage(self, msg: Any, sender: Any) -> None:

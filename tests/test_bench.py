@@ -47,8 +47,10 @@ def test_a_quick_bench_reports_positive_figures_and_leaves_nothing_behind(tmp_pa
     assert "run 2/2" in done.stderr  # progress is shown while it runs
     out = json.loads(done.stdout)
     figures = out["figures"]
-    assert set(figures) == {"2 run --rm (client)", "5 shim SIGKILL -> /tasks/exit"}
+    assert set(figures) == {"2 run --rm (client)", "2b the same in separate calls (client)",
+                            "5 shim SIGKILL -> /tasks/exit"}  # fmt: skip
     assert set(figures["2 run --rm (client)"]) >= {"contactor", "runc"}
+    assert set(figures["2b the same in separate calls (client)"]) == {"contactor", "runc"}
     assert "contactor" in figures["5 shim SIGKILL -> /tasks/exit"]
     for figure, systems in figures.items():
         for system, values in systems.items():

@@ -76,7 +76,17 @@ class Contactor:
         return time.perf_counter() - start
 
     def lifecycle(self, cid: str | None = None) -> float:
+        """`run --rm` through the client: ``Client.run``, one request (the daemon takes the steps)."""
         cid = cid or self._next("py")
+        spec = default_spec(["/bin/true"], hostname=cid)
+        start = time.perf_counter()
+        with self.client() as c:
+            c.run(cid, spec, rootfs=str(self.rootfs))
+        return time.perf_counter() - start
+
+    def calls(self, cid: str | None = None) -> float:
+        """The same lifecycle in separate calls: create the record and the task, start, wait, delete both."""
+        cid = cid or self._next("pc")
         start = time.perf_counter()
         with self.client() as c:
             self._create(c, cid, ["/bin/true"])

@@ -73,6 +73,11 @@ class Runner:
         self.interleave(
             "2 run --rm (client)", [(n, s.lifecycle) for n, s in self.has("lifecycle")], self.runs
         )
+        # The same through separate calls (create, start, wait, delete), beside runc's four commands.
+        cases = [(n, s.calls) for n, s in self.has("calls")]
+        if cases:
+            cases += [(n, s.lifecycle) for n, s in self.has("lifecycle") if not hasattr(s, "calls")]
+            self.interleave("2b the same in separate calls (client)", cases, self.runs)
 
     def concurrent(self) -> None:
         for n in self.sizes.concurrency:

@@ -7,8 +7,9 @@ failure, Ctrl-C or SIGTERM.
 
 Figures (ratios are contactor/peer, p50 of the same run):
   1 run_cli     `run --rm` of /bin/true through the CLI, sequential (ctr run --rm; runc run)
-  2 run_client  the same through the Python client, no CLI process (runc create+start+wait+delete)
-  3 concurrent  20 and 100 lifecycles at once: wall time and containers/s (parallel ctr run --rm; runc run)
+  2 run_client  the same through the Python client, no CLI process: Client.run, one request
+                (runc create+start+wait+delete); 2b the same in separate calls (create, start, wait, delete)
+  3 concurrent  20 and 100 Client.run at once: wall time and containers/s (parallel ctr run --rm; runc run)
   4 memory      PSS per running container (shim + its share of the TaskHosts; containerd's v2 and v1 shims)
                 and the daemon's own PSS with 0, 10 and 100 containers running
   5 death       shim SIGKILL -> /tasks/exit seen by a subscriber (ctr events)
