@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import time
@@ -26,7 +27,7 @@ from typing import Any
 from actors import respawns
 from actors._task_base import DEAD_SHIM_STATUS, _container_pidfd, live_shim
 from actors._task_events import TaskEvents
-from actors.bundle import delete_bundle
+from actors.bundle import bury_bundle, delete_bundle
 from actors.errdefs import ContactorError
 from actors.events import envelope
 from actors.messages import Answer
@@ -174,9 +175,13 @@ class TaskCleanup(TaskEvents):
 
         def rest() -> None:
             self._teardown_network()
-            delete_bundle(self.bundle)
+            # Renamed out of the way at once, removed once the answer is on its way: the bundle's files
+            # cost a delete 1 ms, and a create of the same id may come as soon as the answer is out.
+            tomb = bury_bundle(self.bundle)
             self._fail_waiters("the task was deleted")
             self._leave("deleted", reply_to, answer)
+            if tomb is not None:
+                shutil.rmtree(tomb, ignore_errors=True)
 
         # The bundle goes only once the delete is in the log: a daemon dying before that leaves the
         # bundle, and the restored task publishes it again (the log drops a second copy).

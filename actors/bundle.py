@@ -13,6 +13,7 @@ delete the files of the image it came from.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -78,15 +79,40 @@ def read_spec(bundle: str | os.PathLike[str]) -> dict[str, Any]:
 
 def delete_bundle(bundle: str | os.PathLike[str]) -> None:
     """Remove a bundle; its rootfs is unmounted first and never recursed into while mounted."""
+    tomb = bury_bundle(bundle)
+    if tomb is not None:
+        shutil.rmtree(tomb)
+
+
+def bury_bundle(bundle: str | os.PathLike[str]) -> Path | None:
+    """The first half of ``delete_bundle``: the rootfs unmounted, the bundle renamed to a hidden name of
+    its own beside it (None if there was none).  The path is free at once for a new bundle of the same
+    id; the tomb (never mounted, never restored: see ``sweep_tombs``) is the caller's to remove."""
     path = Path(bundle)
     if not path.exists():
-        return
+        return None
     rootfs = path / "rootfs"
     unmount_all(str(rootfs))
     if is_mountpoint(str(rootfs)):
         raise FailedPrecondition(f"rootfs {rootfs} is still mounted; not deleting the bundle")
-    hidden = path.with_name(f".{path.name}")
-    if hidden.exists():
-        shutil.rmtree(hidden)
-    os.rename(path, hidden)
-    shutil.rmtree(hidden)
+    tomb = path.with_name(f".{path.name}.{os.urandom(4).hex()}")
+    os.rename(path, tomb)
+    return tomb
+
+
+def sweep_tombs(state_dir: str | os.PathLike[str]) -> list[Path]:
+    """Remove what ``bury_bundle`` left of bundles whose removal was cut short (hidden directories in a
+    namespace's directory of the state dir, symlinks never followed); returns what it removed."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for ns_dir in Path(state_dir).iterdir():
+            if ns_dir.name.startswith(".") or ns_dir.name == "runc" or ns_dir.is_symlink() or not ns_dir.is_dir():
+                continue
+            for entry in ns_dir.iterdir():
+                bundle_like = (entry / "config.json").exists() or (entry / "rootfs").is_dir()
+                if not entry.name.startswith(".") or entry.is_symlink() or not entry.is_dir() or not bundle_like:
+                    continue
+                if not is_mountpoint(str(entry / "rootfs")):
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(entry)
+    return removed

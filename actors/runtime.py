@@ -28,7 +28,7 @@ from thespian.actors import ActorExitRequest, ChildActorExited
 from actors import netopts, network, respawns, restart, task_network
 from actors._actor import ContactorActor, error_reply
 from actors._runtime_run import RuntimeRuns
-from actors.bundle import bundle_path, create_bundle, delete_bundle
+from actors.bundle import bundle_path, create_bundle, delete_bundle, sweep_tombs
 from actors.cgroups import placement
 from actors.errdefs import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from actors.identifiers import validate, validate_namespace
@@ -166,6 +166,8 @@ class RuntimeActor(ContactorActor, RuntimeRuns):
         self.send(sender, Ready(self.role, os.getpid()))
         if first:
             self._new_host()
+            for tomb in sweep_tombs(self.config.daemon.state):  # bundles whose removal was cut short
+                self.log.info("half_deleted_bundle_removed", path=str(tomb))
             plan = restore_plan(Path(self.config.daemon.state))
             try:
                 # Addresses and namespaces of tasks whose bundles are gone go back first.

@@ -233,7 +233,12 @@ class TaskActor(TaskRestore):
         if exec_id:
             return TaskReply(self.client.call("delete", exec_id=exec_id))
         force = bool(params.get("force", False))
-        st = self.client.call("state")
+        info = self.info
+        if info is not None and info.status == "stopped":
+            # The shim reported the exit (its event made the status): what "state" would say.
+            st = {"status": "stopped", "pid": info.pid, "exit_status": info.exit_status, "exited_at": info.exited_at}
+        else:
+            st = self.client.call("state")
         if st["status"] in ("running", "paused"):
             if not force:
                 raise FailedPrecondition(f"task must be stopped before deletion: {st['status']}")

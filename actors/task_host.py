@@ -174,7 +174,7 @@ class TaskHost(ContactorActor):
                     if group is not None:  # what came before it goes first
                         sends.remove(group)
                         self._send_all(*group)
-                    self.send(item[1], item[2])
+                    self._send_all(item[1], [item[2]])
                 elif group is None:
                     sends.append((item[1], [item[2]]))
                 else:
@@ -187,8 +187,15 @@ class TaskHost(ContactorActor):
             self._send_all(target, messages)
 
     def _send_all(self, target: Any, messages: list[Any]) -> None:
-        if messages:
+        """One message, or a Batch of several; a send that fails is logged and costs only its own
+        messages, never the rest of the outbox (a TaskReady lost with it would leave its task unseen)."""
+        if not messages:
+            return
+        try:
             self.send(target, messages[0] if len(messages) == 1 else Batch(tuple(messages)))
+        except Exception as exc:
+            self.log.error("send_failed", target=str(target), messages=[type(m).__name__ for m in messages],
+                           error=repr(exc))  # fmt: skip
 
     def on_WatchMessage(self, msg: Any, sender: Any) -> None:
         if self.poke_fd in msg.ready:

@@ -100,6 +100,32 @@ def test_a_flush_sends_what_went_to_one_actor_as_one_batch_and_keeps_each_actor_
     assert host.outbox == []
 
 
+def test_a_send_that_fails_costs_only_its_own_messages() -> None:
+    import threading
+
+    from actors.task_host import TaskHost
+
+    host = TaskHost.__new__(TaskHost)
+    host.lock = threading.Lock()
+    logged: list[tuple[str, dict[str, object]]] = []
+    host.log = type("Log", (), {"error": lambda self, event, **kw: logged.append((event, kw))})()  # type: ignore[assignment]
+    sent: list[tuple[object, object]] = []
+
+    def send(target: object, msg: object) -> None:
+        if target == "ex":
+            raise TypeError("cannot pickle")
+        sent.append((target, msg))
+
+    host.send = send  # type: ignore[method-assign]
+    host.outbox = [("send", "ex", "p1"), ("send", "rt", "ready"), ("send", "ex", "p2"), ("send", "gw", "g1")]
+
+    host._flush()
+
+    assert sent == [("rt", "ready"), ("gw", "g1")], "what went elsewhere still went"
+    assert [(e, kw["messages"]) for e, kw in logged] == [("send_failed", ["str", "str"])]
+    assert host.outbox == []
+
+
 def test_a_batch_is_handled_as_its_messages_one_by_one_in_order() -> None:
     from dataclasses import dataclass
 

@@ -1,5 +1,6 @@
 """The workload of a chaos run: several clients creating, starting, exec'ing into, killing and
-deleting tasks in random order, each from its own thread and its own connections.
+deleting tasks in random order, each from its own thread and its own connections; now and then a
+client runs a short container in one request (``Client.run`` with rm) and checks its exit status.
 
 Each client owns its tasks (ids ``w<client>t<n>``), so two clients never race
 on one task; the daemon still sees them all at once.  Errors are expected
@@ -61,9 +62,12 @@ class Workload:
     # -- one client --------------------------------------------------------------------------------------
     def _client(self, index: int, rng: random.Random, quota: int) -> None:
         mine: list[str] = []
-        made = 0
+        made = runs = 0
         while not self.stop.is_set():
-            if made < quota and (not mine or rng.random() < 0.35):
+            if made < quota and rng.random() < 0.08:
+                runs += 1
+                self._guarded("run", self._run, f"w{index}r{runs}", rng)
+            elif made < quota and (not mine or rng.random() < 0.35):
                 made += 1
                 cid = f"w{index}t{made}"
                 mine.append(cid)
@@ -116,6 +120,17 @@ class Workload:
         task = c.create_task(cid)
         self.ledger.saw_shim(cid, task.shim_pid)
         c.start(cid)
+
+    def _run(self, c: Any, cid: str, rng: random.Random) -> None:
+        """A container run in one request with rm: its answer must be its own exit status, and (unless a
+        fault cut the run short) nothing of it is left; the record is the run's, never kept."""
+        status = rng.randint(0, 120)
+        rec = self.ledger.task(cid, status)
+        spec = default_spec(["/bin/sh", "-c", f"sleep {rng.uniform(0, 0.5):.2f}; exit {status}"], hostname=cid,
+                            cgroups_path=f"/contactor/{c.namespace}/{cid}")  # fmt: skip
+        got = c.run(cid, spec, rootfs=str(self.rootfs))["exit_status"]
+        if got != status and not (got == 137 and rec.sigkilled):
+            self.ledger.error("unexpected", f"run {cid}: answered exit status {got}, exits with {status}")
 
     def _exec(self, c: Any, cid: str, rng: random.Random) -> None:
         rec = self.ledger.task(cid)
