@@ -19,7 +19,9 @@ A step that fails answers the client with its error, after deleting what the
 run made before it (with ``rm``, or when the task could not be made at all).
 A run with ``rm`` refuses a restart policy (the two contradict each other).
 If the daemon, or the task's TaskActor, dies during a run, the client is told
-"unavailable" and what the run made stays, as it would after separate calls.
+"unavailable"; a task made with ``rm`` keeps that in its task.json
+(``TaskInfo.rm``), so once it has exited the RuntimeActor deletes it and its
+record all the same, with nobody to answer.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ __all__ = ["RuntimeRuns"]
 
 @dataclass(eq=False)
 class _Run:
-    ask: Ask  # the client's, its reply_to set
+    ask: Ask | None  # the client's, its reply_to set (None: the rest of a run whose client is gone)
     key: tuple[str, str]
     rm: bool
     stage: str = "record"  # the step in flight: record, create, exit, delete, forget
@@ -72,7 +74,7 @@ class RuntimeRuns:
         def send(self, target: Any, message: Any) -> None: ...
 
         def _create_from_record(self, ask: Ask, body: CreateTask, record: dict[str, Any], respawn: Any = None,
-                                run: bool = False) -> None: ...  # fmt: skip
+                                run: bool = False, rm: bool = False) -> None: ...  # fmt: skip
 
     def _runs_init(self) -> None:
         self.runs: dict[int, _Run] = {}  # by the corr of the step in flight
@@ -119,6 +121,7 @@ class RuntimeRuns:
         if not isinstance(body, ContainerReply):
             self._run_done(run, body if isinstance(body, ErrorReply) else ErrorReply("internal", repr(body)))
             return
+        assert run.ask is not None
         msg = run.ask.body
         assert isinstance(msg, RunTask)
         corr = next(self.corr)
@@ -126,7 +129,7 @@ class RuntimeRuns:
         self.runs[corr] = run
         try:
             self._create_from_record(Ask(corr, CreateTask(*run.key, msg.stdio), self.myAddress),
-                                     CreateTask(*run.key, msg.stdio), body.record, run=True)  # fmt: skip
+                                     CreateTask(*run.key, msg.stdio), body.record, run=True, rm=run.rm)  # fmt: skip
         except Exception as exc:
             # Nothing of the task was made: the record goes again, whatever rm says.
             self.runs.pop(corr, None)
@@ -148,9 +151,16 @@ class RuntimeRuns:
         run = self.awaiting_exit.get(key)
         entry = self.tasks.get(key)
         info = entry.info if entry is not None else None
-        if run is None or entry is None or info is None or info.status != "stopped":
+        if entry is None or info is None or info.status != "stopped":
             return
-        del self.awaiting_exit[key]
+        if run is None:
+            if not info.rm or any(r.key == key for r in self.runs.values()):
+                return
+            # A run with rm whose client is gone (a daemon or TaskActor died meanwhile): finished anyway.
+            run = _Run(None, key, True, stage="exit")
+            self.log.info("run_finished_without_its_client", namespace=key[0], id=key[1])
+        else:
+            del self.awaiting_exit[key]
         run.exit = {"pid": info.pid, "exit_status": info.exit_status, "exited_at": info.exited_at}
         if not run.rm:
             self._run_done(run, None)
@@ -190,5 +200,9 @@ class RuntimeRuns:
         if error is None:
             self.log.info("run_done", namespace=run.key[0], id=run.key[1], exit_status=run.exit.get("exit_status"),
                           removed=run.rm)  # fmt: skip
-        self.send(run.ask.reply_to, Answer(run.ask.corr, error if error is not None else TaskReply(dict(run.exit))))
+        else:
+            self.log.info("run_failed", namespace=run.key[0], id=run.key[1], category=error.category,
+                          error=error.message)  # fmt: skip
+        if run.ask is not None:
+            self.send(run.ask.reply_to, Answer(run.ask.corr, error if error is not None else TaskReply(dict(run.exit))))
 

@@ -187,7 +187,7 @@ class TaskBase(ContactorActor):
         return TaskInfo(setup.namespace, setup.id, pid, status, exit_status, exited_at, self.shim_pid,
                         str(self.bundle), float(self.state.get("created_at", 0.0)), os.getpid(),
                         int(self.state.get("restarts", 0)), str(net.get("mode", "")),
-                        task_network.address_of(net))  # fmt: skip
+                        task_network.address_of(net), rm=bool(self.state.get("rm")))  # fmt: skip
 
     def _update_info(self, reply_to: Any = None, answer: Answer | None = None, **changes: Any) -> None:
         """Tell the RuntimeActor the task's new facts; ``answer`` goes out once its table has them,

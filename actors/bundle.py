@@ -109,8 +109,9 @@ def sweep_tombs(state_dir: str | os.PathLike[str]) -> list[Path]:
             if ns_dir.name.startswith(".") or ns_dir.name == "runc" or ns_dir.is_symlink() or not ns_dir.is_dir():
                 continue
             for entry in ns_dir.iterdir():
-                bundle_like = (entry / "config.json").exists() or (entry / "rootfs").is_dir()
-                if not entry.name.startswith(".") or entry.is_symlink() or not entry.is_dir() or not bundle_like:
+                if not entry.name.startswith(".") or entry.is_symlink() or not entry.is_dir():
+                    continue
+                if not ((entry / "config.json").exists() or (entry / "rootfs").is_dir()):
                     continue
                 if not is_mountpoint(str(entry / "rootfs")):
                     shutil.rmtree(entry, ignore_errors=True)

@@ -349,8 +349,10 @@ class TaskSetup:
     # A task made again by its restart policy after its shim died: started right after the create.
     restarts: int = 0
     start: bool = False
-    # Started right after the create, as the first step of a run (RunTask).
+    # Started right after the create, as the first step of a run (RunTask); ``rm``: the run removes
+    # the task and its record once it exited (kept in task.json, so a restored task is removed too).
     run: bool = False
+    rm: bool = False
     # Which TaskActor of this task this is (the RuntimeActor's count): what it reports carries
     # the number, so a late word of one it replaced is not taken for the new one's.
     incarnation: int = 0

@@ -209,7 +209,7 @@ class RuntimeActor(ContactorActor, RuntimeRuns):
 
     def _spawn(self, ns: str, cid: str, restore: bool, runtime_name: str, rootfs: str, create: Ask | None = None,
                policy: str = "", net: netopts.NetOptions | None = None,
-               respawn: Respawn | None = None, run: bool = False) -> None:  # fmt: skip
+               respawn: Respawn | None = None, run: bool = False, rm: bool = False) -> None:  # fmt: skip
         assert self.peers is not None
         host = self._host_for_task()
         host.tasks.add((ns, cid))
@@ -220,7 +220,7 @@ class RuntimeActor(ContactorActor, RuntimeRuns):
             host.address,
             TaskSetup(
                 ns, cid, bundle, restore, self.config, self.peers, runtime_name, rootfs, create, policy, net,
-                respawn.restarts if respawn else 0, respawn is not None, run, incarnation,
+                respawn.restarts if respawn else 0, respawn is not None, run, rm, incarnation,
             ),
         )
 
@@ -292,7 +292,8 @@ class RuntimeActor(ContactorActor, RuntimeRuns):
             self.send(ask.reply_to, Answer(ask.corr, error_reply(exc)))
 
     def _create_from_record(
-        self, ask: Ask, body: CreateTask, record: dict[str, Any], respawn: Respawn | None = None, run: bool = False
+        self, ask: Ask, body: CreateTask, record: dict[str, Any], respawn: Respawn | None = None, run: bool = False,
+        rm: bool = False,
     ) -> None:
         ns, cid = body.namespace, body.id
         if (ns, cid) in self.tasks:  # a second create raced the first
@@ -326,7 +327,7 @@ class RuntimeActor(ContactorActor, RuntimeRuns):
         created = create_bundle(self.config.daemon.state, ns, cid, spec)
         (created / "runtime").write_text(runtime_name)
         self._spawn(ns, cid, False, runtime_name, str(record.get("rootfs") or ""), create=ask, policy=policy,
-                    net=net, respawn=respawn, run=run)  # fmt: skip
+                    net=net, respawn=respawn, run=run, rm=rm)  # fmt: skip
 
     # -- everything else --------------------------------------------------------------------------------
     def ask_TaskRequest(self, msg: TaskRequest, ask: Ask, sender: Any) -> TaskReply | None:

@@ -95,6 +95,8 @@ class TaskActor(TaskRestore):
                 params["rootfs"] = [{"type": "bind", "source": setup.rootfs, "options": ["rbind"]}]
             # What a restart needs to create the container again, kept with the task.
             self.state.update(create=params, policy=setup.restart_policy, restarts=setup.restarts)
+            if setup.rm:
+                self.state["rm"] = True
             pid = int(self.client.call("create", **params)["pid"])
             subscribed.result()
             if setup.start or setup.run:  # made again by its restart policy after its shim died, or a run

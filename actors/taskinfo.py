@@ -29,6 +29,7 @@ class TaskInfo:
     network: str = ""  # none, host or bridge
     address: str = ""  # the task's address on the bridge
     node: str = ""  # the node it runs on (filled in by a cluster-wide listing)
+    rm: bool = False  # a run's task with rm: it and its record are removed once it exited
 
     def __reduce__(self) -> tuple[type[TaskInfo], tuple[Any, ...]]:
         # Pickled as its values in field order: a listing of 500 tasks and every TaskReady cross

@@ -7,6 +7,7 @@ whatever a failing test left.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -176,3 +177,54 @@ def test_a_malformed_run_is_refused_by_the_gateway(daemon: Daemon) -> None:
         with pytest.raises(InvalidArgument):
             c.call("tasks.run", id="x", spec={"not": "a spec"})
         assert c.list_containers() == []
+
+
+def test_a_run_cut_short_by_a_daemon_crash_is_still_removed_once_it_exits(daemon: Daemon, rootfs: Path) -> None:
+    outcome: list[BaseException | dict[str, Any]] = []
+
+    def run() -> None:
+        try:
+            with daemon.client() as c:
+                outcome.append(c.run("crash", default_spec(["/bin/sh", "-c", "sleep 3; exit 4"], hostname="crash"),
+                                     rootfs=str(rootfs)))  # fmt: skip
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        with daemon.client() as c:
+            wait_for(lambda: any(t.id == "crash" and t.status == "running" for t in c.list_tasks()), 30,
+                     "the run's task running")  # fmt: skip
+        daemon.kill_all()
+        thread.join(30)
+        assert isinstance(outcome[0], Unavailable), outcome
+        daemon.start()
+        with daemon.client() as c:
+            wait_for(lambda: any(t.id == "crash" for t in c.list_tasks()), 30, "the task restored")
+            [task] = [t for t in c.list_tasks() if t.id == "crash"]
+            assert task.rm, "the run's rm survived the crash"
+        wait_for(lambda: _leftovers(daemon, "crash") == [], 60, "the task and its record removed after its exit")
+    finally:
+        thread.join(30)
+
+
+def test_a_run_without_rm_cut_short_keeps_its_task_and_record(daemon: Daemon, rootfs: Path) -> None:
+    def run() -> None:
+        with contextlib.suppress(Unavailable), daemon.client() as c:
+            c.run("keep", default_spec(["/bin/sh", "-c", "sleep 2; exit 5"], hostname="keep"), rootfs=str(rootfs),
+                  rm=False)  # fmt: skip
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    with daemon.client() as c:
+        wait_for(lambda: any(t.id == "keep" and t.status == "running" for t in c.list_tasks()), 30, "running")
+    daemon.kill_all()
+    thread.join(30)
+    daemon.start()
+    with daemon.client() as c:
+        wait_for(lambda: [(t.id, t.status) for t in c.list_tasks()] == [("keep", "stopped")], 60, "stopped, kept")
+        assert [t.rm for t in c.list_tasks()] == [False]
+        assert [r["id"] for r in c.list_containers()] == ["keep"]
+        c.delete_task("keep")
+        c.delete_container("keep")
