@@ -134,14 +134,15 @@ def restoring_info(state: str, ns: str, cid: str) -> TaskInfo:
     """What the bundle alone tells of a task being restored (status ``restoring``)."""
     bundle = bundle_path(state, ns, cid)
     pid = shim_pid = 0
-    created_at = 0.0
+    created_at, rm = 0.0, False
     with contextlib.suppress(OSError, ValueError, IndexError):
         pid = read_pid_file(bundle / "init.pid")[0]
     with contextlib.suppress(OSError, ValueError, IndexError):
         shim_pid = read_pid_file(bundle / "shim.pid")[0]
     with contextlib.suppress(OSError, ValueError, AttributeError):
-        created_at = float(json.loads((bundle / "task.json").read_text()).get("created_at", 0.0))
-    return TaskInfo(ns, cid, pid, "restoring", -1, 0.0, shim_pid, str(bundle), created_at)
+        record = json.loads((bundle / "task.json").read_text())
+        created_at, rm = float(record.get("created_at", 0.0)), bool(record.get("rm", False))
+    return TaskInfo(ns, cid, pid, "restoring", -1, 0.0, shim_pid, str(bundle), created_at, rm=rm)
 
 
 class RuntimeActor(ContactorActor, RuntimeRuns):

@@ -201,9 +201,11 @@ def test_a_run_cut_short_by_a_daemon_crash_is_still_removed_once_it_exits(daemon
         assert isinstance(outcome[0], Unavailable), outcome
         daemon.start()
         with daemon.client() as c:
-            wait_for(lambda: any(t.id == "crash" for t in c.list_tasks()), 30, "the task restored")
+            wait_for(lambda: any(t.id == "crash" for t in c.list_tasks()), 30, "the task listed again")
             [task] = [t for t in c.list_tasks() if t.id == "crash"]
-            assert task.rm, "the run's rm survived the crash"
+            assert task.rm, f"the run's rm survived the crash (listed {task.status})"
+            wait_for(lambda: all(t.status != "restoring" for t in c.list_tasks()), 30, "the task restored")
+            assert all(t.rm for t in c.list_tasks() if t.id == "crash"), "and its TaskActor says so too"
         wait_for(lambda: _leftovers(daemon, "crash") == [], 60, "the task and its record removed after its exit")
     finally:
         thread.join(30)
