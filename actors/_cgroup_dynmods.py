@@ -25,26 +25,27 @@ carried over from the mount table.
 
 from __future__ import annotations
 
-import ctypes
 import os
 from pathlib import Path
 from typing import Final
 
 from actors._cgroup_tree import CGROUP_ROOT, _cgroup_mounts
+from actors.mount import (
+    MS_NOATIME,
+    MS_NODEV,
+    MS_NODIRATIME,
+    MS_NOEXEC,
+    MS_NOSUID,
+    MS_RDONLY,
+    MS_RELATIME,
+    MS_REMOUNT,
+    MS_STRICTATIME,
+    mount,
+)
 
 __all__ = ["OPTION", "remount_request", "favor_dynmods"]
 
 OPTION: Final = "favordynmods"
-
-MS_RDONLY: Final = 1
-MS_NOSUID: Final = 2
-MS_NODEV: Final = 4
-MS_NOEXEC: Final = 8
-MS_REMOUNT: Final = 32
-MS_NOATIME: Final = 1024
-MS_NODIRATIME: Final = 2048
-MS_RELATIME: Final = 1 << 21
-MS_STRICTATIME: Final = 1 << 24
 
 # A mount's own options (mountinfo's sixth field) as mount(2) flags; "rw" and the rest need none.
 _MOUNT_FLAGS: Final = {
@@ -66,11 +67,10 @@ def remount_request(mount_options: str, super_options: str, favor: bool = True) 
 def _cgroup2_mount(root: Path, mountinfo: str) -> tuple[Path, str, str] | None:
     """The cgroup2 mount under ``root`` (``root`` itself first): its point, mount and super options."""
     found: tuple[Path, str, str] | None = None
-    for line in mountinfo.splitlines():
-        for mount in _cgroup_mounts(line):
-            under = mount.point == root or root in mount.point.parents
-            if mount.fstype == "cgroup2" and under and (found is None or mount.point == root):
-                found = (mount.point, line.split()[5], ",".join(mount.options))
+    for m in _cgroup_mounts(mountinfo):
+        under = m.point == root or root in m.point.parents
+        if m.fstype == "cgroup2" and under and (found is None or m.point == root):
+            found = (m.point, m.mount_options, ",".join(m.options))
     return found
 
 
@@ -86,9 +86,8 @@ def favor_dynmods(favor: bool = True, root: Path = CGROUP_ROOT, mountinfo: str |
     if (OPTION in super_options.split(",")) == favor:
         return "already"
     flags, data = remount_request(mount_options, super_options, favor)
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-    if libc.mount(b"cgroup2", str(point).encode(), b"cgroup2", flags, data.encode()) != 0:
-        err = ctypes.get_errno()
-        return f"remount of {point} failed: {os.strerror(err)}"
+    try:
+        mount("cgroup2", str(point), "cgroup2", flags, data)
+    except OSError as exc:
+        return f"remount of {point} failed: {os.strerror(exc.errno or 0)}"
     return "set" if favor else "cleared"

@@ -56,7 +56,8 @@ class Host:
 class _Mount:
     point: Path
     fstype: str
-    options: tuple[str, ...]
+    options: tuple[str, ...]  # the tree's (super) options
+    mount_options: str = ""  # the mount's own (rw, nosuid, relatime, ...)
 
 
 def detect(root: Path = CGROUP_ROOT, mountinfo: str | None = None) -> Host:
@@ -104,7 +105,7 @@ def _cgroup_mounts(mountinfo: str) -> Iterator[_Mount]:
         if len(fields) < sep + 4 or fields[sep + 1] not in ("cgroup", "cgroup2"):
             continue
         point = _ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), fields[4])
-        yield _Mount(Path(point), fields[sep + 1], tuple(fields[sep + 3].split(",")))
+        yield _Mount(Path(point), fields[sep + 1], tuple(fields[sep + 3].split(",")), fields[5])
 
 
 def _parts(cgroups_path: str) -> tuple[str, ...]:

@@ -127,9 +127,9 @@ class RuntimeRuns:
         corr = next(self.corr)
         run.stage = "create"
         self.runs[corr] = run
+        create = CreateTask(*run.key, msg.stdio)
         try:
-            self._create_from_record(Ask(corr, CreateTask(*run.key, msg.stdio), self.myAddress),
-                                     CreateTask(*run.key, msg.stdio), body.record, run=True, rm=run.rm)  # fmt: skip
+            self._create_from_record(Ask(corr, create, self.myAddress), create, body.record, run=True, rm=run.rm)
         except Exception as exc:
             # Nothing of the task was made: the record goes again, whatever rm says.
             self.runs.pop(corr, None)

@@ -17,16 +17,20 @@ from typing import Final
 
 from actors.errdefs import InvalidArgument
 
-__all__ = ["Mount", "mount_all", "unmount_all", "parse_mounts", "is_mountpoint"]
+__all__ = ["Mount", "mount", "mount_all", "unmount_all", "parse_mounts", "is_mountpoint"]
 
 MS_RDONLY: Final = 0x1
 MS_NOSUID: Final = 0x2
 MS_NODEV: Final = 0x4
 MS_NOEXEC: Final = 0x8
 MS_REMOUNT: Final = 0x20
+MS_NOATIME: Final = 0x400
+MS_NODIRATIME: Final = 0x800
 MS_BIND: Final = 0x1000
 MS_REC: Final = 0x4000
 MS_PRIVATE: Final = 1 << 18
+MS_RELATIME: Final = 1 << 21
+MS_STRICTATIME: Final = 1 << 24
 MNT_DETACH: Final = 2
 UMOUNT_NOFOLLOW: Final = 8
 
@@ -83,7 +87,8 @@ def parse_mounts(raw: object) -> list[Mount]:
     return mounts
 
 
-def _mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
+def mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
+    """mount(2); OSError naming what failed."""
     if _libc.mount(source.encode(), target.encode(), fstype.encode(), flags, data.encode() or None) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"mount {source} on {target}: {os.strerror(err)}")
@@ -95,13 +100,13 @@ def mount_all(mounts: Sequence[Mount], target: str) -> None:
     try:
         for m in mounts:
             flags, data = m.flags_and_data()
-            _mount(m.source, target, m.type, flags & ~MS_RDONLY if flags & MS_BIND else flags, data)
+            mount(m.source, target, m.type, flags & ~MS_RDONLY if flags & MS_BIND else flags, data)
             done += 1
             if flags & MS_BIND and flags & MS_RDONLY:
                 # A bind mount only becomes read-only through a remount.
-                _mount("", target, "", MS_REMOUNT | MS_BIND | MS_RDONLY, "")
+                mount("", target, "", MS_REMOUNT | MS_BIND | MS_RDONLY, "")
             if flags & MS_BIND:
-                _mount("", target, "", MS_PRIVATE | (flags & MS_REC), "")
+                mount("", target, "", MS_PRIVATE | (flags & MS_REC), "")
     except OSError as exc:
         if done:
             unmount_all(target)

@@ -7,7 +7,6 @@ whatever a failing test left.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import threading
@@ -64,6 +63,27 @@ def _leftovers(d: Daemon, cid: str) -> list[str]:
         left.append(f"bundle {bundle}")
     left += [f"cgroup {p}" for p in hierarchies() if (p / "contactor" / d.namespace / cid).exists()]
     return left
+
+
+def _background_run(d: Daemon, rootfs: Path, cid: str, args: list[str], rm: bool = True
+                    ) -> tuple[threading.Thread, list[BaseException | dict[str, Any]]]:
+    """``Client.run`` on a thread of its own, returned once its task runs; its answer (or error) lands
+    in the list."""
+    outcome: list[BaseException | dict[str, Any]] = []
+
+    def run() -> None:
+        try:
+            with d.client() as c:
+                outcome.append(c.run(cid, default_spec(args, hostname=cid), rootfs=str(rootfs), rm=rm))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    with d.client() as c:
+        wait_for(lambda: any(t.id == cid and t.status == "running" for t in c.list_tasks()), 30,
+                 f"{cid}'s run's task running")  # fmt: skip
+    return thread, outcome
 
 
 def test_a_run_with_rm_answers_the_exit_and_leaves_nothing(daemon: Daemon, rootfs: Path, tmp_path: Path) -> None:
@@ -129,21 +149,9 @@ def test_a_run_with_rm_refuses_a_restart_policy_and_makes_nothing(daemon: Daemon
 
 
 def test_a_run_whose_shim_dies_is_told_and_rm_still_removes_the_record(daemon: Daemon, rootfs: Path) -> None:
-    outcome: list[BaseException | dict[str, Any]] = []
-
-    def run() -> None:
-        try:
-            with daemon.client() as c:
-                outcome.append(c.run("dies", default_spec(["/bin/sleep", "1000"], hostname="dies"), rootfs=str(rootfs)))
-        except BaseException as exc:
-            outcome.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
+    thread, outcome = _background_run(daemon, rootfs, "dies", ["/bin/sleep", "1000"])
     try:
         with daemon.client() as c:
-            wait_for(lambda: any(t.id == "dies" and t.status == "running" for t in c.list_tasks()), 30,
-                     "the run's task running")  # fmt: skip
             [task] = [t for t in c.list_tasks() if t.id == "dies"]
         os.kill(task.shim_pid, signal.SIGKILL)
         thread.join(60)
@@ -180,22 +188,8 @@ def test_a_malformed_run_is_refused_by_the_gateway(daemon: Daemon) -> None:
 
 
 def test_a_run_cut_short_by_a_daemon_crash_is_still_removed_once_it_exits(daemon: Daemon, rootfs: Path) -> None:
-    outcome: list[BaseException | dict[str, Any]] = []
-
-    def run() -> None:
-        try:
-            with daemon.client() as c:
-                outcome.append(c.run("crash", default_spec(["/bin/sh", "-c", "sleep 3; exit 4"], hostname="crash"),
-                                     rootfs=str(rootfs)))  # fmt: skip
-        except BaseException as exc:
-            outcome.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
+    thread, outcome = _background_run(daemon, rootfs, "crash", ["/bin/sh", "-c", "sleep 3; exit 4"])
     try:
-        with daemon.client() as c:
-            wait_for(lambda: any(t.id == "crash" and t.status == "running" for t in c.list_tasks()), 30,
-                     "the run's task running")  # fmt: skip
         daemon.kill_all()
         thread.join(30)
         assert isinstance(outcome[0], Unavailable), outcome
@@ -212,17 +206,10 @@ def test_a_run_cut_short_by_a_daemon_crash_is_still_removed_once_it_exits(daemon
 
 
 def test_a_run_without_rm_cut_short_keeps_its_task_and_record(daemon: Daemon, rootfs: Path) -> None:
-    def run() -> None:
-        with contextlib.suppress(Unavailable), daemon.client() as c:
-            c.run("keep", default_spec(["/bin/sh", "-c", "sleep 2; exit 5"], hostname="keep"), rootfs=str(rootfs),
-                  rm=False)  # fmt: skip
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    with daemon.client() as c:
-        wait_for(lambda: any(t.id == "keep" and t.status == "running" for t in c.list_tasks()), 30, "running")
+    thread, outcome = _background_run(daemon, rootfs, "keep", ["/bin/sh", "-c", "sleep 2; exit 5"], rm=False)
     daemon.kill_all()
     thread.join(30)
+    assert isinstance(outcome[0], Unavailable), outcome
     daemon.start()
     with daemon.client() as c:
         wait_for(lambda: [(t.id, t.status) for t in c.list_tasks()] == [("keep", "stopped")], 60, "stopped, kept")

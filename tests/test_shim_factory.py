@@ -35,15 +35,22 @@ def _socket_inodes(pid: int) -> set[str]:
     return out
 
 
-def test_a_factory_shim_runs_a_container_and_inherits_nothing(shims: Shims, factory: tuple[str, int]) -> None:
-    address, factory_pid = factory
-    cid, bundle = shims.bundle(["/bin/sh", "-c", "exit 5"])
+def _started(shims: Shims, args: list[str], factory: str) -> Task:
+    """A bundle for ``args`` and its shim, started through the factory at ``factory``; removed by ``shims``."""
+    cid, bundle = shims.bundle(args)
     runtime_root = str(shims.state / "runc" / shims.namespace)
-    handle = start_shim(shims.namespace, cid, str(bundle), runtime_root, factory=address)
+    handle = start_shim(shims.namespace, cid, str(bundle), runtime_root, factory=factory)
     task = Task(
         shims.namespace, cid, bundle, "runc", runtime_root, handle, ShimClient(handle.address), shims.rootfs
     )
     shims.tasks.append(task)
+    return task
+
+
+def test_a_factory_shim_runs_a_container_and_inherits_nothing(shims: Shims, factory: tuple[str, int]) -> None:
+    address, factory_pid = factory
+    task = _started(shims, ["/bin/sh", "-c", "exit 5"], address)
+    handle = task.handle
     assert os.getsid(handle.pid) == handle.pid, "a session of its own"
     with open(f"/proc/{handle.pid}/stat") as f:
         ppid = int(f.read().rsplit(")", 1)[1].split()[1])
@@ -58,13 +65,7 @@ def test_a_factory_shim_runs_a_container_and_inherits_nothing(shims: Shims, fact
 
 
 def test_start_falls_back_to_exec_without_a_factory(shims: Shims, tmp_path: Path) -> None:
-    cid, bundle = shims.bundle(["/bin/true"])
-    runtime_root = str(shims.state / "runc" / shims.namespace)
-    handle = start_shim(shims.namespace, cid, str(bundle), runtime_root, factory=str(tmp_path / "none.sock"))
-    task = Task(
-        shims.namespace, cid, bundle, "runc", runtime_root, handle, ShimClient(handle.address), shims.rootfs
-    )
-    shims.tasks.append(task)
+    task = _started(shims, ["/bin/true"], str(tmp_path / "none.sock"))
     task.run()
     assert task.client.call("wait", timeout=30)["exit_status"] == 0
     task.client.call("delete")
@@ -115,15 +116,8 @@ def test_a_shim_is_the_spare_forked_ahead_and_a_new_spare_follows(
 ) -> None:
     address, factory_pid = factory
     spare = _spare_of(factory_pid)
-    cid, bundle = shims.bundle(["/bin/sh", "-c", "exit 3"])
-    runtime_root = str(shims.state / "runc" / shims.namespace)
-
-    handle = start_shim(shims.namespace, cid, str(bundle), runtime_root, factory=address)
-
-    task = Task(
-        shims.namespace, cid, bundle, "runc", runtime_root, handle, ShimClient(handle.address), shims.rootfs
-    )
-    shims.tasks.append(task)
+    task = _started(shims, ["/bin/sh", "-c", "exit 3"], address)
+    handle = task.handle
     assert handle.pid == spare, "the request went to the spare"
     assert os.getsid(handle.pid) == handle.pid
     assert not _socket_inodes(factory_pid) & _socket_inodes(handle.pid), "no socket of the factory kept"
@@ -138,15 +132,8 @@ def test_a_dead_spare_leaves_the_request_to_a_plain_fork(shims: Shims, factory: 
     spare = _spare_of(factory_pid)
     os.kill(spare, signal.SIGKILL)
     assert wait_pid_gone(spare, 10)
-    cid, bundle = shims.bundle(["/bin/true"])
-    runtime_root = str(shims.state / "runc" / shims.namespace)
-
-    handle = start_shim(shims.namespace, cid, str(bundle), runtime_root, factory=address)
-
-    task = Task(
-        shims.namespace, cid, bundle, "runc", runtime_root, handle, ShimClient(handle.address), shims.rootfs
-    )
-    shims.tasks.append(task)
+    task = _started(shims, ["/bin/true"], address)
+    handle = task.handle
     assert handle.pid != spare
     task.run()
     assert task.client.call("wait", timeout=30)["exit_status"] == 0

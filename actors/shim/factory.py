@@ -90,13 +90,18 @@ def _fork_shim(argv: list[str], ready_fd: int, keep: tuple[int, ...]) -> None:
     if pid == 0:
         code = 1
         try:
-            for fd in keep:
-                os.close(fd)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            _leave_factory(keep)
             code = _become_shim(argv, ready_fd)
         finally:
             os._exit(code)
+
+
+def _leave_factory(keep: tuple[int, ...]) -> None:
+    """In a fresh child: close the factory's sockets, take back the signals it handles its own way."""
+    for fd in keep:
+        os.close(fd)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class _Spare:
@@ -109,8 +114,7 @@ class _Spare:
             code = 1
             try:
                 ours.close()
-                for fd in keep:
-                    os.close(fd)
+                _leave_factory(keep)
                 code = _wait_for_work(theirs)
             finally:
                 os._exit(code)
@@ -131,8 +135,6 @@ class _Spare:
 
 def _wait_for_work(sock: socket.socket) -> int:
     """In the spare: wait for a request (EOF: the factory is gone, so are we), then be its shim."""
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     fds = array.array("i")
     try:
         data, ancdata, _, _ = sock.recvmsg(MAX_REQUEST, socket.CMSG_SPACE(fds.itemsize))
